@@ -1,0 +1,35 @@
+"""Packaging for gantry: zero-downtime, progressive Docker rollouts."""
+from setuptools import setup
+
+setup(
+    name="gantry",
+    version="0.1.0",
+    description="Zero-downtime, progressive rollouts of Docker containers across a fleet, "
+    "coordinated through etcd, with a per-host draining TCP proxy.",
+    python_requires=">=3.11",
+    packages=["gantry", "gantryd", "proxy"],
+    install_requires=[
+        "docker>=7.0",
+        "etcd3==0.12.0",
+        # python-etcd3's generated code predates protobuf 4; gantryd.etcd selects the
+        # pure-python protobuf implementation before the first import so any protobuf works.
+        "protobuf>=3.20",
+        "grpcio>=1.50",
+        "twisted>=23.8",
+        "pyyaml>=6.0",
+        "tabulate>=0.9",
+        "prometheus-client>=0.17",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2.1", "requests>=2.28"],
+    },
+    entry_points={
+        "console_scripts": [
+            "gantry=gantry.cli:main",
+            "gantry.py=gantry.cli:main",
+            "gantryd=gantryd.cli:main",
+            "gantryd.py=gantryd.cli:main",
+            "gantry-proxy=proxy.cli:main",
+        ]
+    },
+)
