@@ -1,5 +1,5 @@
 """Packaging for gantry: zero-downtime, progressive Docker rollouts."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="gantry",
@@ -7,7 +7,9 @@ setup(
     description="Zero-downtime, progressive rollouts of Docker containers across a fleet, "
     "coordinated through etcd, with a per-host draining TCP proxy.",
     python_requires=">=3.11",
-    packages=["gantry", "gantryd", "proxy"],
+    packages=find_packages(include=["gantry", "gantry.*", "gantryd", "gantryd.*", "proxy", "proxy.*"]),
+    # Classic command lines (`gantryd.py update ...`); see scripts/aliases/gantry.py.
+    scripts=["scripts/aliases/gantry.py", "scripts/aliases/gantryd.py"],
     install_requires=[
         "docker>=7.0",
         "etcd3==0.12.0",
@@ -26,9 +28,7 @@ setup(
     entry_points={
         "console_scripts": [
             "gantry=gantry.cli:main",
-            "gantry.py=gantry.cli:main",
             "gantryd=gantryd.cli:main",
-            "gantryd.py=gantryd.cli:main",
             "gantry-proxy=proxy.cli:main",
         ]
     },

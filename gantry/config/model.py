@@ -1,0 +1,303 @@
+"""The config model: frozen dataclasses whose field declarations are the config reference.
+
+JSON keys are camelCase, attributes snake_case, sequences are tuples. Field order here is the
+order of ``to_dict()`` and of the generated ``docs/config.md``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError, ConfigIssue
+from .schema import (
+    Boolean, Choice, Integer, ListOf, Nullable, Obj, Reader, Seconds, Text, index, items, join,
+    read_object, rule, show, spec, suggest, to_json, valid,
+)
+
+NAME = Text("a Docker-safe name matching [a-z0-9][a-z0-9_.-]*",
+            "string `[a-z0-9][a-z0-9_.-]*`", pattern=r"[a-z0-9][a-z0-9_.-]*")
+# Docker reference grammar, simplified: optional registry host[:port], lowercase path components.
+REPO = Text('a Docker repository without a tag, such as "localhost:5000/team/app"',
+            "image repository (no tag)",
+            pattern=r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?"
+                    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+TAG = Text("a Docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]*, at most 128 characters)",
+           "image tag", pattern=r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+STRING = Text()
+ARGUMENT = Text("a string", allow_empty=True)
+PORT = Integer(1, 65535, "an integer port 1-65535", "port 1-65535")
+URL_PATH = Text('a URL path starting with "/"', 'URL path starting with `/`', pattern=r"/\S*")
+# ":" would break Docker's host:container[:ro] bind syntax.
+ABS_PATH = Text('an absolute path (starting with "/", without ":")',
+                "absolute path", pattern=r"/[^:\x00]*")
+ENV_NAME = Text('an environment variable name (non-empty, without "=")',
+                "string (no `=`)", pattern=r"[^=\x00]+")
+ENV_VALUE = Text("a string (quote numbers and booleans)", allow_empty=True)
+POSITIVE = Integer(1, None, "an integer >= 1", "integer >= 1")
+SECONDS = Seconds()
+SECONDS_OR_ZERO = Seconds(allow_zero=True)
+COMMAND = ListOf(ARGUMENT, noun="strings")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Port:
+    """A port routed by the host's proxy from an external port to the container."""
+
+    external: int = spec("external", PORT, "Port the proxy listens on, on the host.")
+    container: int = spec("container", PORT, "Port inside the container traffic goes to.")
+    kind: str = spec("kind", Choice("tcp", "http"),
+                     "`http` lets the proxy close idle keep-alive connections while draining.",
+                     default="tcp")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Check:
+    """A probe of a container: ready, health or termination check."""
+
+    kind: str = spec("kind", Choice("http", "tcp", "docker"),
+                     "`http`: GET `path` answers 2xx; `tcp`: `port` accepts a connection; "
+                     "`docker`: the image's own HEALTHCHECK reports healthy.")
+    port: int | None = spec("port", Nullable(PORT),
+                            "Container port to probe (any port; required for `http`/`tcp`).",
+                            default=None)
+    path: str = spec("path", URL_PATH, "Path requested by `http` checks.", default="/")
+    timeout: float = spec("timeout", SECONDS, "Time allowed for one probe.", default=2.0)
+    interval: float = spec("interval", SECONDS, "Pause between probes.", default=1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvVar:
+    """An environment variable of the container."""
+
+    name: str = spec("name", ENV_NAME, "Variable name.")
+    value: str = spec("value", ENV_VALUE, "Value; must be a string.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Binding:
+    """A host directory or file bind-mounted into the container."""
+
+    host: str = spec("host", ABS_PATH, "Path on the host.")
+    container: str = spec("container", ABS_PATH, "Path inside the container.")
+    read_only: bool = spec("readOnly", Boolean(), "Mount read-only.", default=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TerminationSignal:
+    """Tells an old container to wind down before it is drained."""
+
+    kind: str = spec("kind", Choice("http", "exec"),
+                     "`http`: POST to `port`/`path`; `exec`: run `command` in the container.")
+    port: int | None = spec("port", Nullable(PORT),
+                            "Container port for `http` (required there).", default=None)
+    path: str = spec("path", URL_PATH, "Path of the `http` POST.", default="/")
+    command: tuple[str, ...] = spec("command", COMMAND,
+                                    "Command for `exec` (required non-empty there).", default=())
+    timeout: float = spec("timeout", SECONDS, "Time allowed for the signal.", default=5.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rollout:
+    """How a fleet rollout of the component proceeds (gantryd)."""
+
+    max_parallel: int = spec("maxParallel", POSITIVE,
+                             "Number of hosts that may update the component at once.", default=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Component:
+    """One containerised service and how to roll it out."""
+
+    name: str = spec("name", NAME, "Component name; used in container labels and route names.")
+    repo: str = spec("repo", REPO, "Image repository, e.g. `localhost:5000/team/app`.")
+    tag: str = spec("tag", TAG, "Image tag; pinned to a digest when deployed.", default="latest")
+    command: tuple[str, ...] = spec("command", COMMAND,
+                                    "Command; empty means the image's own CMD/ENTRYPOINT.",
+                                    default=())
+    user: str | None = spec("user", Nullable(STRING),
+                            "User to run as (`name`, `uid` or `uid:gid`); null: the image's.",
+                            default=None)
+    ports: tuple[Port, ...] = spec("ports", ListOf(Obj(Port), noun="ports"),
+                                   "Ports routed through the proxy.", default=())
+    ready_checks: tuple[Check, ...] = spec(
+        "readyChecks", ListOf(Obj(Check), noun="checks"),
+        "Checks that must all pass before traffic switches to a new container.", default=())
+    health_checks: tuple[Check, ...] = spec(
+        "healthChecks", ListOf(Obj(Check), noun="checks"),
+        "Checks run while monitoring a running container.", default=())
+    ready_timeout: float = spec("readyTimeout", SECONDS,
+                                "Deadline for the ready checks to pass.", default=60.0)
+    health_failures: int = spec("healthFailures", POSITIVE,
+                                "Consecutive failed health checks before the container is "
+                                "replaced.", default=3)
+    environment: tuple[EnvVar, ...] = spec(
+        "environmentVariables", ListOf(Obj(EnvVar), noun="variables"),
+        "Environment of the container.", default=())
+    bindings: tuple[Binding, ...] = spec("bindings", ListOf(Obj(Binding), noun="bindings"),
+                                         "Bind mounts.", default=())
+    volumes_from: tuple[str, ...] = spec("volumesFrom", ListOf(STRING, noun="container names"),
+                                         "Containers whose volumes are mounted.", default=())
+    privileged: bool = spec("privileged", Boolean(), "Run the container privileged.",
+                            default=False)
+    termination_signals: tuple[TerminationSignal, ...] = spec(
+        "terminationSignals", ListOf(Obj(TerminationSignal), noun="signals"),
+        "Sent to an old container before draining it.", default=())
+    termination_checks: tuple[Check, ...] = spec(
+        "terminationChecks", ListOf(Obj(Check), noun="checks"),
+        "Checks that pass once an old container is ready to be stopped.", default=())
+    drain_timeout: float = spec("drainTimeout", SECONDS_OR_ZERO,
+                                "Longest wait for an old container's connections to end.",
+                                default=30.0)
+    drain_idle_timeout: float | None = spec(
+        "drainIdleTimeout", Nullable(SECONDS),
+        "`http` ports: while draining, close keep-alive connections idle this long.",
+        default=None)
+    stop_timeout: float = spec("stopTimeout", SECONDS_OR_ZERO,
+                               "Grace period of `docker stop` before the container is killed.",
+                               default=10.0)
+    rollout: Rollout = spec("rollout", Obj(Rollout), "Fleet rollout settings.",
+                            default=Rollout())
+
+    #: JSON keys of what a container is created from (see :meth:`spec_hash`).
+    SPEC_KEYS = ("repo", "command", "user", "ports", "environmentVariables", "bindings",
+                 "volumesFrom", "privileged")
+
+    @property
+    def image(self) -> str:
+        """``repo:tag``."""
+        return f"{self.repo}:{self.tag}"
+
+    @property
+    def http_ports(self) -> tuple[Port, ...]:
+        """The ports of kind ``http``."""
+        return tuple(p for p in self.ports if p.kind == "http")
+
+    def env_dict(self) -> dict[str, str]:
+        """The environment as a dict, in declaration order."""
+        return {e.name: e.value for e in self.environment}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical JSON-able dict (camelCase, defaults filled); parses back to ``self``."""
+        return to_json(self)
+
+    def spec_hash(self) -> str:
+        """16 hex digits identifying what a container is created from.
+
+        Covers repo, command, user, ports, environment, bindings, volumesFrom and privileged;
+        not tag (the image is tracked by digest separately), checks, timeouts or rollout.
+        Order of ports, environment and bindings does not matter.
+        """
+        data = self.to_dict()
+        spec_data = {key: data[key] for key in self.SPEC_KEYS}
+        spec_data["ports"].sort(key=lambda p: (p["container"], p["external"], p["kind"]))
+        spec_data["environmentVariables"].sort(key=lambda e: e["name"])
+        spec_data["bindings"].sort(key=lambda b: b["container"])
+        canonical = json.dumps(spec_data, sort_keys=True, separators=(",", ":"),
+                               ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """A project's configuration: its components (the `.gantry` file)."""
+
+    components: tuple[Component, ...] = spec(
+        "components", ListOf(Obj(Component), min_items=1, noun="components"),
+        "The components of the project.")
+    #: Where the config came from, for messages; not part of equality.
+    source: str = field(default="<config>", compare=False, repr=False)
+
+    def component(self, name: str) -> Component:
+        """The component called ``name``; ConfigError (with a suggestion) if there is none."""
+        for c in self.components:
+            if c.name == name:
+                return c
+        names = [c.name for c in self.components]
+        hint = suggest(name, names)
+        message = f"no component named {show(name)}; " + (
+            f'did you mean "{hint}"?' if hint else "components: " + ", ".join(names))
+        raise ConfigError.single(self.source, "components", message)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Component names, in file order."""
+        return tuple(c.name for c in self.components)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical JSON-able dict (camelCase, defaults filled); parses back to ``self``."""
+        return to_json(self)
+
+
+# --- cross-field rules (documented in the reference from their text) ------------------------
+
+@rule(Check, "`port` is required when `kind` is `http` or `tcp`.")
+def _check_port(check: Check, path: str, ctx: Reader) -> None:
+    if check.kind in ("http", "tcp") and check.port is None:
+        ctx.issue(join(path, "port"), f"required for {check.kind} checks "
+                                      "(expected an integer port 1-65535)")
+
+
+@rule(TerminationSignal, "`port` is required when `kind` is `http`; `command` must be "
+                         "non-empty when `kind` is `exec`.")
+def _signal_target(sig: TerminationSignal, path: str, ctx: Reader) -> None:
+    if sig.kind == "http" and sig.port is None:
+        ctx.issue(join(path, "port"), "required for http termination signals "
+                                      "(expected an integer port 1-65535)")
+    if sig.kind == "exec" and valid(sig.command) and not sig.command:
+        ctx.issue(join(path, "command"), "required for exec termination signals "
+                                         "(expected a non-empty list of strings)")
+
+
+def _unique(ctx: Reader, entries: list[tuple[Any, str, str]], what: str) -> None:
+    """Report every entry whose key was already seen; entries are (key, path, label)."""
+    seen: dict[Any, str] = {}
+    for key, path, label in entries:
+        if key in seen:
+            ctx.issue(path, f"duplicate {what} {show(key)} (already used by {seen[key]})")
+        else:
+            seen[key] = label
+
+
+@rule(Component, "Environment variable names are unique; so are the container paths of "
+                 "bindings.")
+def _component_unique(comp: Component, path: str, ctx: Reader) -> None:
+    env_path = join(path, "environmentVariables")
+    _unique(ctx, [(e.name, join(index(env_path, i), "name"), index(env_path, i))
+                  for i, e in items(comp.environment) if valid(e.name)],
+            "environment variable")
+    bind_path = join(path, "bindings")
+    _unique(ctx, [(b.container, join(index(bind_path, i), "container"), index(bind_path, i))
+                  for i, b in items(comp.bindings) if valid(b.container)],
+            "container path")
+
+
+@rule(Config, "Component names are unique; external ports are unique across all components.")
+def _config_unique(config: Config, path: str, ctx: Reader) -> None:
+    comps = list(items(config.components))
+    _unique(ctx, [(c.name, join(index("components", i), "name"), index("components", i))
+                  for i, c in comps if valid(c.name)], "component name")
+    ports = []
+    for i, c in comps:
+        for j, p in items(c.ports):
+            if valid(p.external):
+                where = index(join(index("components", i), "ports"), j)
+                ports.append((p.external, join(where, "external"), where))
+    _unique(ctx, ports, "external port")
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate already-parsed JSON data (e.g. from a file or etcd) into a :class:`Config`.
+
+    Raises :class:`ConfigError` listing every problem found.
+    """
+    ctx = Reader(source)
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(
+            source, "", f'expected an object with a "components" list, got {show(data)}')])
+    config = read_object(Config, data, "", ctx)
+    if ctx.issues:
+        raise ConfigError(ctx.issues)
+    return dataclasses.replace(config, source=source)
