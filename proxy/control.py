@@ -1,0 +1,124 @@
+"""The control API: HTTP/JSON over a unix socket (see docs/proxy.md for the calls)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.web import resource, server
+
+import proxy
+from proxy.errors import BadRequest, NotFound, RouteError
+from proxy.router import Router
+
+log = logging.getLogger("proxy.control")
+
+
+class ControlResource(resource.Resource):
+    """Dispatches `/ping`, `/routes`, `/routes/<name>`, `/routes/<name>/drain`."""
+
+    isLeaf = True
+
+    def __init__(self, router: Router):
+        super().__init__()
+        self.router = router
+
+    def render(self, request: server.Request) -> Any:
+        d = defer.ensureDeferred(self._dispatch(request))
+        d.addCallbacks(lambda result: self._answer(request, 200, result),
+                       lambda f: self._fail(request, f))
+        return server.NOT_DONE_YET
+
+    async def _dispatch(self, request: server.Request) -> Any:
+        method = request.method.decode()
+        parts = [p.decode() for p in request.postpath]
+        if parts and parts[-1] == "":
+            parts.pop()
+        if parts == ["ping"] and method == "GET":
+            return {"pid": os.getpid(), "version": proxy.__version__}
+        if parts == ["routes"] and method == "GET":
+            return {"routes": self.router.snapshot()}
+        if len(parts) == 2 and parts[0] == "routes":
+            name = parts[1]
+            if method == "GET":
+                return self.router.get(name).to_dict()
+            if method == "PUT":
+                return await self.router.put(name, _json_body(request))
+            if method == "DELETE":
+                return await self.router.remove(name)
+        if len(parts) == 3 and parts[0] == "routes" and parts[2] == "drain" and method == "POST":
+            return await self.router.drain(parts[1], _json_body(request))
+        raise NotFound(f"no such call: {method} /{'/'.join(parts)}")
+
+    def _answer(self, request: server.Request, code: int, body: Any) -> None:
+        if request._disconnected:  # the caller gave up on a long poll
+            return
+        data = json.dumps(body).encode() + b"\n"
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", str(len(data)).encode())
+        request.write(data)
+        request.finish()
+
+    def _fail(self, request: server.Request, failure: Any) -> None:
+        if failure.check(RouteError):
+            self._answer(request, failure.value.status, {"error": str(failure.value)})
+        else:
+            log.error("control request %s %s failed", request.method.decode(),
+                      request.path.decode(), exc_info=failure.value)
+            self._answer(request, 500, {"error": f"internal error: {failure.value!r}"})
+
+
+def _json_body(request: server.Request) -> Any:
+    raw = request.content.read()
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as e:
+        raise BadRequest(f"body is not valid JSON: {e}") from None
+
+
+class _QuietSite(server.Site):
+    noisy = False
+
+    def log(self, request: Any) -> None:  # no access log: gantry polls this API
+        pass
+
+
+def listen_control(reactor: Any, router: Router, path: str) -> Any:
+    """Listen on the unix socket `path` (mode 0600, parent created 0700 if missing).
+
+    A stale socket file (nobody answers) is replaced; a live one means another proxy runs.
+    """
+    sock_path = Path(path)
+    sock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if sock_path.exists() or sock_path.is_symlink():
+        if not stat.S_ISSOCK(sock_path.lstat().st_mode):
+            raise SystemExit(f"gantry-proxy: {path} exists and is not a socket")
+        if _answers(path):
+            raise SystemExit(f"gantry-proxy: another proxy already answers on {path}")
+        sock_path.unlink()
+    site = _QuietSite(ControlResource(router))
+    site.timeOut = None  # drain calls long-poll
+    # The umask closes the window between bind() and chmod() in which the socket is open.
+    old_umask = os.umask(0o177)
+    try:
+        return reactor.listenUNIX(path, site, mode=0o600)
+    finally:
+        os.umask(old_umask)
+
+
+def _answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+

@@ -1,0 +1,92 @@
+"""Daemon startup: logging, the state lock, the reactor, the listeners, and signals."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+from typing import IO, Any
+
+from proxy.address import Address
+from proxy.client import EX_ALREADY_RUNNING
+from proxy.state import StateError
+
+log = logging.getLogger("proxy.daemon")
+
+
+def setup_logging(log_file: str | None, verbose: bool = False) -> None:
+    """Send stdlib logging to `log_file` (or stderr) and Twisted's logger into stdlib."""
+    handler: logging.Handler = (logging.FileHandler(log_file) if log_file
+                                else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Twisted reports listener start/stop at INFO; route changes are logged by us already.
+    logging.getLogger("twisted").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    from twisted.logger import STDLibLogObserver, globalLogBeginner
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
+
+
+def acquire_lock(state_path: str) -> IO[Any] | None:
+    """Hold an exclusive lock beside the state file for the daemon's life (one daemon per
+    state file); None if another process holds it."""
+    lock_path = state_path + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), mode=0o700, exist_ok=True)
+    f = open(lock_path, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def install_reactor() -> Any:
+    """Our epoll reactor, installed before anything imports the default one."""
+    from proxy import reactor as proxy_reactor
+    try:
+        proxy_reactor.install()
+    except Exception:  # noqa: BLE001 - a reactor is already installed: use that one
+        pass
+    from twisted.internet import reactor
+    return reactor
+
+
+def run(socket_path: str, state_path: str, metrics: Address | None = None,
+        log_file: str | None = None, shutdown_timeout: float = 10.0,
+        verbose: bool = False) -> int:
+    """Run the proxy until SIGTERM/SIGINT; returns the exit status."""
+    setup_logging(log_file, verbose)
+    lock = acquire_lock(state_path)
+    if lock is None:
+        log.error("another gantry-proxy holds %s.lock; exiting", state_path)
+        return EX_ALREADY_RUNNING
+    reactor = install_reactor()
+    from twisted.internet import defer
+
+    from proxy.control import listen_control
+    from proxy.metrics import listen_metrics
+    from proxy.router import Router
+
+    router = Router(reactor, state_path)
+    try:
+        router.restore()
+    except StateError as e:
+        log.error("%s", e)
+        return 1
+    listen_control(reactor, router, socket_path)
+    if metrics is not None:
+        listen_metrics(reactor, router, metrics.host, metrics.port)
+        log.info("metrics on http://%s/metrics", metrics)
+    # Twisted's SIGTERM/SIGINT handlers stop the reactor; this trigger runs first and holds
+    # the shutdown until connections have drained (or the timeout closes them).
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: defer.ensureDeferred(router.shutdown(shutdown_timeout)))
+    log.info("gantry-proxy %d listening on %s (state %s, %d routes)", os.getpid(), socket_path,
+             state_path, len(router.routes))
+    reactor.run()
+    log.info("gantry-proxy stopped")
+    lock.close()
+    return 0

@@ -1,0 +1,117 @@
+"""The route table: applies control requests, persists every change, restores at start."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from twisted.internet import defer
+
+from proxy.backend import Backend
+from proxy.errors import Conflict, NotFound
+from proxy.route import Route
+from proxy.spec import DrainRequest, RouteSpec, check_name
+from proxy.state import load_state, save_state
+
+log = logging.getLogger("proxy.router")
+
+
+class Router:
+    """All routes of the daemon. Every method runs in the reactor thread."""
+
+    def __init__(self, reactor: Any, state_path: str | None = None):
+        self.reactor = reactor
+        self.state_path = state_path
+        self.routes: dict[str, Route] = {}
+        # Backends of removed routes that still carry connections (for shutdown and metrics).
+        self.detached: set[Backend] = set()
+
+    def restore(self) -> None:
+        """Recreate the routes of the state file; a route whose port cannot be bound stays
+        in state `error` while the others work."""
+        if self.state_path is None:
+            return
+        for name, spec in load_state(self.state_path).items():
+            route = self.routes[name] = Route(name, spec, self.reactor)
+            try:
+                route.start()
+                log.info("route %s restored: %s -> %s (%s)", name, spec.listen, spec.backend,
+                         spec.kind)
+            except Conflict as e:
+                log.error("route %s restored in error state: %s", name, e)
+
+    def save(self) -> None:
+        if self.state_path is not None:
+            save_state(self.state_path, {name: r.spec for name, r in self.routes.items()})
+
+    def get(self, name: str) -> Route:
+        route = self.routes.get(name)
+        if route is None:
+            raise NotFound(f"no route named {name!r}")
+        return route
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [route.to_dict() for route in self.routes.values()]
+
+    async def put(self, name: str, body: Any) -> dict[str, Any]:
+        """Create a route or change it: re-bind if `listen` changed, switch if `backend` did."""
+        check_name(name)
+        spec = RouteSpec.from_json(body)
+        route = self.routes.get(name)
+        if route is None:
+            route = Route(name, spec, self.reactor)
+            route.start()  # Conflict: the route is not created
+            self.routes[name] = route
+            self.save()
+            log.info("route %s created: %s -> %s (%s)", name, spec.listen, spec.backend, spec.kind)
+            return {"previous": None, "route": route.to_dict()}
+        if spec.listen != route.listen or route.port is None:
+            old_listen = route.listen
+            await route.rebind(spec.listen)  # Conflict: the old listener stays
+            log.info("route %s: listening on %s (was %s)", name, spec.listen, old_listen)
+        route.update(spec.kind, spec.idle_timeout)
+        previous = route.switch(spec.backend)
+        self.save()
+        if previous != spec.backend:
+            log.info("route %s switched: %s -> %s (%s now draining)", name, previous,
+                     spec.backend, previous)
+        return {"previous": str(previous), "route": route.to_dict()}
+
+    async def remove(self, name: str) -> dict[str, Any]:
+        """Stop listening and forget the route; its live connections run to their end."""
+        route = self.get(name)
+        del self.routes[name]
+        self.save()
+        await route.stop_listening()
+        for backend in list(route.backends.values()):
+            backend.stop_reaper()
+            if backend.live:
+                self.detached.add(backend)
+                backend.wait_drained().addBoth(lambda _, b=backend: self.detached.discard(b))
+        log.info("route %s removed (was %s -> %s)", name, route.listen, route.backend.address)
+        return {"previous": str(route.backend.address)}
+
+    async def drain(self, name: str, body: Any) -> dict[str, Any]:
+        request = DrainRequest.from_json(body)
+        route = self.get(name)
+        return await route.drain(request.backend, request.timeout, request.close)
+
+    def all_backends(self) -> list[Backend]:
+        out = [b for route in self.routes.values() for b in route.backends.values()]
+        return out + list(self.detached)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, let live connections finish for up to `timeout`, abort the rest."""
+        live = sum(b.live for b in self.all_backends())
+        log.info("shutting down: %d routes, %d live connections, waiting up to %gs",
+                 len(self.routes), live, timeout)
+        await defer.DeferredList([r.stop_listening() for r in self.routes.values()])
+        deadline = self.reactor.seconds() + timeout
+        for backend in self.all_backends():
+            remaining = deadline - self.reactor.seconds()
+            if backend.live and (remaining <= 0
+                                 or not await backend.drained_within(remaining, self.reactor)):
+                aborted = sum(b.close_all() for b in self.all_backends())
+                log.warning("shutdown timeout: closed %d connections", aborted)
+                return
+        log.info("all connections closed")

@@ -1,0 +1,147 @@
+"""End-to-end forwarding through the real daemon: integrity, half-close, backpressure."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+import threading
+
+import pytest
+
+from proxy_servers import (SourceServer, connect, echo_digest, free_port, recv_all,
+                           wait_for)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _route(proxy, backend: str, name: str = "r", **kw) -> str:
+    listen = f"127.0.0.1:{free_port()}"
+    proxy.client.set_route(name, listen, backend, **kw)
+    return listen
+
+
+def test_integrity_concurrent_both_directions(proxy, echo):
+    listen = _route(proxy, echo.address)
+    rng = random.Random(1)
+    sizes = [64 << 20, 8 << 20, 1 << 20, 12345, 1]
+    payloads = [rng.randbytes(n) for n in sizes]
+    results: dict[int, tuple[str, int]] = {}
+
+    def run(i: int) -> None:
+        results[i] = echo_digest(listen, payloads[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(payloads))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(100)
+    for i, payload in enumerate(payloads):
+        assert results[i] == (hashlib.sha256(payload).hexdigest(), len(payload))
+    route = wait_for(lambda: (r := proxy.client.route("r"))["backends"][0]["live"] == 0 and r)
+    backend = route["backends"][0]
+    assert backend["opened"] == backend["closed"] == len(payloads)
+    assert backend["bytesIn"] == backend["bytesOut"] == sum(sizes)
+
+
+def test_half_close_response_after_client_shutdown(proxy, echo):
+    listen = _route(proxy, echo.address)
+    payload = os.urandom(3 << 20)
+    with connect(listen) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)  # the echo answers only after our EOF
+        assert recv_all(sock) == payload
+
+
+def test_backend_half_close_reaches_client(proxy):
+    # The backend says its piece and shuts its write side; the client still gets to talk.
+    listener = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def backend() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"hello")
+            conn.shutdown(socket.SHUT_WR)
+            got.append(recv_all(conn))
+
+    t = threading.Thread(target=backend)
+    t.start()
+    listen = _route(proxy, f"127.0.0.1:{listener.getsockname()[1]}")
+    with connect(listen) as sock:
+        assert recv_all(sock) == b"hello"  # EOF arrives, our write side is still open
+        sock.sendall(b"late words")
+        sock.shutdown(socket.SHUT_WR)
+        t.join(10)
+    listener.close()
+    assert got == [b"late words"]
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_backpressure_slow_reader_bounds_memory(proxy):
+    total = 200 << 20
+    source = SourceServer(total)
+    try:
+        listen = _route(proxy, source.address)
+        before = _rss_kib(proxy.pid)
+        with connect(listen, timeout=60) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            # Do not read: the source must stall once the kernel buffers and the proxy's
+            # bounded buffer are full ("stalled": no progress over ten polls).
+            samples: list[int] = []
+
+            def stopped_growing() -> bool:
+                samples.append(source.sent)
+                return len(samples) > 10 and samples[-1] == samples[-10] and samples[-1] > 0
+
+            wait_for(stopped_growing, 30, interval=0.05, what="the source to stall")
+            grown_mib = (_rss_kib(proxy.pid) - before) / 1024
+            print(f"stalled after {source.sent >> 20} MiB, proxy RSS +{grown_mib:.1f} MiB")
+            assert source.sent < total // 2, "the proxy swallowed the stream: no backpressure"
+            assert grown_mib < 64, f"proxy RSS grew {grown_mib:.0f} MiB with a stalled reader"
+            # Now read slowly-then-fast; everything must arrive.
+            received = 0
+            while True:
+                data = sock.recv(1 << 18)
+                if not data:
+                    break
+                received += len(data)
+            assert received == total
+        assert (_rss_kib(proxy.pid) - before) / 1024 < 64
+    finally:
+        source.close()
+
+
+def test_backend_refused_closes_client_and_counts_error(proxy):
+    dead = f"127.0.0.1:{free_port()}"
+    listen = _route(proxy, dead)
+    with connect(listen) as sock:
+        sock.settimeout(10)
+        try:
+            assert sock.recv(10) == b""
+        except ConnectionResetError:
+            pass
+    route = wait_for(lambda: (r := proxy.client.route("r"))["backends"][0]["live"] == 0 and r)
+    b = route["backends"][0]
+    assert (b["opened"], b["closed"], b["errors"]) == (1, 1, 1)
+
+
+def test_switch_keeps_existing_connection_on_old_backend(proxy, echo_pair):
+    a, b = echo_pair
+    listen = _route(proxy, a.address)
+    with connect(listen) as old:
+        assert old.recv(1) == b"A"
+        assert proxy.client.set_route("r", listen, b.address)["previous"] == a.address
+        with connect(listen) as new:
+            assert new.recv(1) == b"B"
+        old.sendall(b"still here")
+        old.shutdown(socket.SHUT_WR)
+        assert recv_all(old) == b"still here"  # echoed by A
