@@ -1,0 +1,731 @@
+"""The component lifecycle on one host: update, start, stop/kill, status, recover, monitor.
+
+Library API (used by the ``gantry`` CLI and by gantryd)::
+
+    from gantry.lifecycle import Host, Lifecycle
+    host = Host(docker_client, proxy_client, project="shop", machine="web-1",
+                proxy_bind="0.0.0.0", origin="gantryd", reporter=my_reporter)
+    life = Lifecycle(host)
+    deployment = life.update(component)              # resolve repo:tag, roll out
+    deployment = life.update(component, image="repo@sha256:...")   # a pinned image
+    life.start(component)       # like update, but a no-op when already live with same image+hash
+    life.stop(component)        # drain, stop and remove every container, remove the routes
+    life.stop(component, kill=True)                  # the same without waiting for the drain
+    life.status("web") -> list[ContainerStatus]      # every container of the component
+    life.current(component) -> ContainerStatus | None   # the routed, live one (image, hash, origin)
+    life.recover(component)     # clean up after a crashed gantry (run by every command anyway)
+    life.resolve(component, allow_local=False) -> "repo@sha256:..."   # pin a tag (registry)
+    life.monitor(component, stop_event)   # health checks; replace after N consecutive failures
+
+Every mutating call runs under the local component lock (:mod:`gantry.lock`) and starts with
+:meth:`Lifecycle.recover`, which rebuilds the state from Docker labels and the proxy's routes
+alone, so any gantry process may be killed at any moment:
+
+* a stopped container of the component is removed;
+* a running container that is the backend of a route is live (the newest one if several, after
+  a crash mid-switch; the other routes are switched to it);
+* a running container newer than the live one that the proxy has never seen was a new
+  container of an interrupted update: it is removed;
+* any other running container is old: it is drained, stopped and removed.
+
+Failures raise :class:`~gantry.errors.UpdateFailed` (``.cause`` holds the original
+GantryError) with the previous container still live and routed and the new one removed.
+"""
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import docker
+
+from . import checks as C
+from . import labels as L
+from .errors import CheckFailed, GantryError, ImageError, RouteError, UpdateFailed
+from .lock import ComponentLock
+from .progress import Reporter
+from .runtime import ContainerInfo, Runtime
+
+log = logging.getLogger(__name__)
+
+# How long one proxy drain call may block, so progress (live count) is reported this often.
+DRAIN_SLICE = 1.0
+
+# Where `stop` points a route while its containers drain: nothing listens on the discard port,
+# so the proxy turns new connections away while it keeps counting the live ones.
+PARK_BACKEND = "127.0.0.1:9"
+
+STATES = ("running", "draining", "starting", "stopped")
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    """One container of a component as gantry sees it (Docker labels + proxy routes)."""
+
+    id: str
+    name: str
+    component: str
+    image: str  # the digest-pinned reference it was created from (label)
+    config_hash: str
+    origin: str
+    machine: str
+    created: str
+    started_at: str
+    state: str  # one of STATES
+    live: int = 0  # live connections through the proxy, all routes
+    routed: bool = False
+    docker_status: str = ""
+    backends: tuple[str, ...] = ()  # proxy backend addresses of this container
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def display_state(self) -> str:
+        if self.state == "draining":
+            return f"draining ({self.live} connection{'s' if self.live != 1 else ''})"
+        return self.state
+
+    def uptime(self, now: datetime | None = None) -> float | None:
+        """Seconds since the container started; None unless running."""
+        if self.state == "stopped" or not self.started_at:
+            return None
+        started = _parse_time(self.started_at)
+        if started is None:
+            return None
+        return max(0.0, ((now or datetime.now(timezone.utc)) - started).total_seconds())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "component": self.component, "image": self.image,
+            "configHash": self.config_hash, "origin": self.origin, "machine": self.machine,
+            "created": self.created, "startedAt": self.started_at, "state": self.state,
+            "display": self.display_state, "live": self.live, "routed": self.routed,
+            "uptime": self.uptime(), "backends": list(self.backends),
+        }
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The outcome of update/start."""
+
+    component: str
+    container: ContainerStatus
+    image: str
+    changed: bool = True  # False when start() found the component already up to date
+    replaced: tuple[str, ...] = ()  # ids of containers drained and removed
+    elapsed: float = 0.0
+
+
+def _parse_time(text: str) -> datetime | None:
+    """Docker's RFC 3339 timestamps with nanoseconds -> aware datetime."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, frac = text.rstrip("Z").partition(".")
+    frac = "".join(ch for ch in frac if ch.isdigit())[:6]
+    try:
+        t = datetime.fromisoformat(head + (f".{frac}" if frac else ""))
+    except ValueError:
+        return None
+    return t.replace(tzinfo=timezone.utc)
+
+
+class Host:
+    """Everything the lifecycle acts on, on one machine.
+
+    ``proxy_client``: a ``proxy.client.ProxyClient``. ``origin``: ``gantry`` or ``gantryd``
+    (label of created containers). ``backend_mode``: see :mod:`gantry.runtime`.
+    ``lock_wait``: True waits for a busy component, False raises LockBusy, a number waits at
+    most that long.
+    """
+
+    def __init__(
+        self,
+        docker_client: docker.DockerClient,
+        proxy_client: Any,
+        project: str,
+        machine: str,
+        proxy_bind: str = "0.0.0.0",
+        origin: str = "gantry",
+        reporter: Reporter | None = None,
+        backend_mode: str = "loopback",
+        lock_dir: Path | None = None,
+        lock_wait: bool | float = True,
+    ) -> None:
+        if origin not in L.ORIGINS:
+            raise ValueError(f"origin must be one of {L.ORIGINS}")
+        self.runtime = Runtime(docker_client, backend_mode)
+        self.proxy = proxy_client
+        self.project = project
+        self.machine = machine
+        self.proxy_bind = proxy_bind
+        self.origin = origin
+        self.reporter = reporter or Reporter()
+        self.lock_dir = lock_dir
+        self.lock_wait = lock_wait
+
+    def route_name(self, component: str, external: int) -> str:
+        return f"{self.project}.{component}.{external}"
+
+    def listen(self, external: int) -> str:
+        host = f"[{self.proxy_bind}]" if ":" in self.proxy_bind else self.proxy_bind
+        return f"{host}:{external}"
+
+
+def _name_of(component: Any) -> str:
+    return component if isinstance(component, str) else component.name
+
+
+class _View:
+    """A snapshot of one component: its containers and its proxy routes, cross-referenced."""
+
+    def __init__(self, host: Host, containers: list[ContainerInfo], routes: list[dict]) -> None:
+        self.host = host
+        self.containers = containers  # oldest first
+        self.routes = routes
+
+    def _matches(self, info: ContainerInfo, address: str | None) -> bool:
+        if not address or not info.running:
+            return False
+        rt = self.host.runtime
+        if rt.backend_mode == "container-ip":
+            return bool(info.ip) and address.rsplit(":", 1)[0].strip("[]") == info.ip
+        return address in {f"127.0.0.1:{p}" for p in info.ports.values()}
+
+    def routed(self, info: ContainerInfo) -> bool:
+        return any(self._matches(info, r.get("backend")) for r in self.routes)
+
+    def pairs(self, info: ContainerInfo) -> list[tuple[str, str]]:
+        """(route name, backend address) of every route that knows this container."""
+        out = []
+        for r in self.routes:
+            addresses = {b.get("address") for b in r.get("backends") or ()} | {r.get("backend")}
+            out += [(r["name"], a) for a in sorted(a for a in addresses if self._matches(info, a))]
+        return out
+
+    def live_connections(self, info: ContainerInfo) -> int:
+        return sum(b.get("live", 0) for r in self.routes for b in r.get("backends") or ()
+                   if self._matches(info, b.get("address")))
+
+    def seen_by_proxy(self, info: ContainerInfo) -> bool:
+        return bool(self.pairs(info))
+
+    def live(self) -> ContainerInfo | None:
+        """The newest running container that is a route's active backend."""
+        routed = [c for c in self.containers if c.running and self.routed(c)]
+        return routed[-1] if routed else None
+
+    def status(self, info: ContainerInfo) -> ContainerStatus:
+        live = self.live()
+        if not info.running:
+            state = "stopped"
+        elif self.routed(info):
+            state = "running"
+        elif self.live_connections(info) or (live is not None and info.created < live.created):
+            state = "draining"
+        else:
+            # Not routed, no connections, newer than the live one: a new container during
+            # its ready checks (or left behind by a killed update, until recover removes it).
+            state = "starting"
+        return ContainerStatus(
+            id=info.id, name=info.name, component=info.labels.component, image=info.labels.image,
+            config_hash=info.labels.config_hash, origin=info.labels.origin,
+            machine=info.labels.machine, created=info.created, started_at=info.started_at,
+            state=state, live=self.live_connections(info), routed=self.routed(info),
+            docker_status=info.status, backends=tuple(a for _, a in self.pairs(info)),
+        )
+
+
+class Lifecycle:
+    """The lifecycle operations for the components of one project on one host."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.runtime = host.runtime
+        self.proxy = host.proxy
+        self.reporter = host.reporter
+
+    # -- views ----------------------------------------------------------------------------
+    def _routes(self, component: str | None = None) -> list[dict]:
+        """The proxy routes of this project (or of one component)."""
+        prefix = f"{self.host.project}." + (f"{component}." if component else "")
+        try:
+            routes = self.proxy.routes()
+        except Exception as exc:
+            raise RouteError(f"cannot list the proxy routes: {exc}") from exc
+        if isinstance(routes, dict):
+            routes = routes.get("routes", [])
+        out = []
+        for r in routes:
+            name = r.get("name", "")
+            rest = name[len(prefix):]
+            # <project>.<component>.<external>: the last part must be the port number.
+            if name.startswith(prefix) and rest.rpartition(".")[2].isdigit() \
+                    and (component is None or "." not in rest):
+                out.append(r)
+        return out
+
+    def _view(self, component: str) -> _View:
+        sel = L.selector(self.host.project, self.host.machine, component)
+        return _View(self.host, self.runtime.list(sel), self._routes(component))
+
+    def status(self, component: Any) -> list[ContainerStatus]:
+        """Every container of the component on this machine, oldest first."""
+        view = self._view(_name_of(component))
+        return [view.status(c) for c in view.containers]
+
+    def status_all(self) -> dict[str, list[ContainerStatus]]:
+        """Every component of the project on this machine that has containers."""
+        sel = L.selector(self.host.project, self.host.machine)
+        names = sorted({c.labels.component for c in self.runtime.list(sel)})
+        return {name: self.status(name) for name in names}
+
+    def current(self, component: Any) -> ContainerStatus | None:
+        """The live (routed) container, with its labels; None when there is none."""
+        view = self._view(_name_of(component))
+        live = view.live()
+        return view.status(live) if live else None
+
+    # -- locking --------------------------------------------------------------------------
+    def lock(self, component: Any) -> ComponentLock:
+        return ComponentLock(
+            self.host.project, _name_of(component), lock_dir=self.host.lock_dir,
+            wait=self.host.lock_wait, on_wait=self.reporter.waiting,
+            holder=f"pid {os.getpid()} ({self.host.origin})",
+        )
+
+    # -- update / start -------------------------------------------------------------------
+    def update(self, component: Any, image: str | None = None) -> Deployment:
+        """Roll out a new container of ``component`` (start-first, checked, drained).
+
+        ``image``: a digest-pinned reference to run instead of resolving ``repo:tag``.
+        Raises UpdateFailed with the previous container still serving.
+        """
+        with self.lock(component):
+            self._recover(component)
+            return self._deploy(component, image)
+
+    def start(self, component: Any, image: str | None = None) -> Deployment:
+        """Like update, but a no-op when the live container already runs the same image and
+        config hash (its routes are repaired if needed)."""
+        with self.lock(component):
+            self._recover(component)
+            started = time.monotonic()
+            current = self.current(component)
+            if current is not None:
+                ref = image or self._wrap(lambda: self.resolve(component), component)
+                if current.image == ref and current.config_hash == component.spec_hash():
+                    self._ensure_routes(component, current.id)
+                    self.reporter.step(f"{component.name}: {current.short_id} already runs "
+                                       f"{ref}; nothing to do")
+                    return Deployment(component.name, current, ref, changed=False,
+                                      elapsed=time.monotonic() - started)
+                image = ref
+            return self._deploy(component, image)
+
+    def _wrap(self, fn: Any, component: Any) -> Any:
+        try:
+            return fn()
+        except GantryError as exc:
+            raise self._failed(component, exc) from exc
+
+    def _failed(self, component: Any, cause: GantryError) -> UpdateFailed:
+        try:
+            current = self.current(component)
+        except GantryError:  # Docker or the proxy is gone too: say nothing we cannot check
+            current = None
+        keep = (f"; {current.short_id} keeps serving" if current else "")
+        err = UpdateFailed(f"{component.name}: {cause}{keep}")
+        err.cause = cause  # type: ignore[attr-defined]
+        return err
+
+    def resolve(self, component: Any, allow_local: bool = True) -> str:
+        """``repo:tag`` -> ``repo@sha256:..`` via the registry (ImageError if it cannot).
+
+        With ``allow_local``, an unreachable registry falls back (with a warning) to the local
+        image ``repo:tag``: its repo digest, else its image id -- fine on one host, but a fleet
+        must pin a registry digest every host can pull, so gantryd passes False.
+        """
+        try:
+            return self.runtime.resolve(component.repo, component.tag)
+        except ImageError as registry_error:
+            local = self._local_ref(component) if allow_local else None
+            if local is None or "not found" in str(registry_error).lower():
+                raise
+            self.reporter.warning(f"{registry_error}; using the local image {local}")
+            return local
+
+    _resolve = resolve  # the name gantryd used first
+
+    def _local_ref(self, component: Any) -> str | None:
+        """A pinned reference to the local image ``repo:tag``, if there is one."""
+        try:
+            image = self.runtime.client.images.get(component.image)
+        except (docker.errors.ImageNotFound, docker.errors.APIError):
+            return None
+        for digest_ref in image.attrs.get("RepoDigests") or ():
+            if digest_ref.startswith(component.repo + "@"):
+                return digest_ref
+        return image.id
+
+    def _deploy(self, component: Any, image: str | None) -> Deployment:
+        started = time.monotonic()
+        rep, rt = self.reporter, self.runtime
+        name = component.name
+        rep.step(f"{name}: update starts" + (f" to {image}" if image else
+                                                f", resolving {component.image}"))
+        ref = image or self._wrap(lambda: self.resolve(component), component)
+        if self._wrap(lambda: rt.ensure_image(ref), component):
+            rep.step(f"{name}: pulled {ref}")
+        else:
+            rep.step(f"{name}: image {ref} is present")
+        new_id: str | None = None
+        try:
+            new_id = self._create(component, ref)
+            rep.step(f"{name}: started {new_id[:12]}; waiting for ready checks "
+                     f"(up to {component.ready_timeout:g}s)")
+            C.wait_for_checks(component.ready_checks, rt, new_id, component.ready_timeout, rep)
+            rep.step(f"{name}: {new_id[:12]} is ready")
+            info = rt.inspect(new_id)
+            if info is None:
+                raise CheckFailed(f"container {new_id[:12]} disappeared")
+            self._switch_routes(component, info)
+        except BaseException as exc:
+            # Whatever happened (check failure, Docker error, Ctrl-C), the new container goes
+            # and the old one, still routed, keeps serving.
+            if new_id is not None:
+                self._discard(new_id)
+            if isinstance(exc, GantryError):
+                raise self._failed(component, exc) from exc
+            raise
+        replaced = self._retire_others(component, keep=new_id)
+        live = self.current(component)
+        assert live is not None
+        elapsed = time.monotonic() - started
+        rep.step(f"{name}: {live.short_id} is live ({ref}); done in {elapsed:.1f}s")
+        return Deployment(name, live, ref, changed=True, replaced=tuple(replaced),
+                          elapsed=elapsed)
+
+    def _create(self, component: Any, ref: str) -> str:
+        rt = self.runtime
+        labels = L.GantryLabels(
+            project=self.host.project, component=component.name, machine=self.host.machine,
+            config_hash=component.spec_hash(), image=ref, origin=self.host.origin,
+        ).to_dict()
+        cname = f"{self.host.project}.{component.name}.{secrets.token_hex(4)}"
+        container_id = rt.create(
+            cname, ref, labels,
+            command=component.command,
+            user=component.user,
+            environment=component.env_dict(),
+            binds={b.host: {"bind": b.container, "mode": "ro" if b.read_only else "rw"}
+                   for b in component.bindings},
+            volumes_from=component.volumes_from,
+            privileged=component.privileged,
+            tcp_ports=_probed_ports(component),
+        )
+        try:
+            rt.start(container_id)
+        except BaseException:
+            self._discard(container_id)
+            raise
+        return container_id
+
+    def _discard(self, container_id: str) -> None:
+        """Remove a container that never served (no drain); never raises."""
+        try:
+            self.runtime.remove(container_id)
+            self.reporter.step(f"removed {container_id[:12]}")
+        except GantryError as exc:
+            self.reporter.warning(f"could not remove {container_id[:12]}: {exc} "
+                                  f"(the next gantry command removes it)")
+
+    # -- routes ---------------------------------------------------------------------------
+    def _set_route(self, name: str, listen: str, backend: str, kind: str,
+                   idle_timeout: float | None) -> dict:
+        try:
+            answer = self.proxy.set_route(name, listen=listen, backend=backend, kind=kind,
+                                          idle_timeout=idle_timeout)
+        except Exception as exc:
+            raise RouteError(f"proxy refused route {name} -> {backend}: {exc}") from exc
+        route = (answer or {}).get("route") or {}
+        if route.get("state") == "error":
+            raise RouteError(f"proxy cannot listen on {listen} for {name}: {route.get('error')}")
+        return answer or {}
+
+    def _switch_routes(self, component: Any, info: ContainerInfo) -> None:
+        """Point every port's route at ``info``; all or nothing (rolled back on failure)."""
+        before = {r["name"]: r for r in self._routes(component.name)}
+        done: list[str] = []
+        try:
+            for port in component.ports:
+                name = self.host.route_name(component.name, port.external)
+                backend = self.runtime.backend(info, port.container)
+                if backend is None:
+                    raise RouteError(f"container port {port.container} of {info.short_id} "
+                                     "is not reachable")
+                self._set_route(name, self.host.listen(port.external), backend, port.kind,
+                                component.drain_idle_timeout)
+                done.append(name)
+                self.reporter.step(f"{component.name}: route {name} "
+                                   f"{self.host.listen(port.external)} -> {backend}")
+        except BaseException:
+            self._restore_routes(done, before)
+            raise
+
+    def _restore_routes(self, names: list[str], before: dict[str, dict]) -> None:
+        for name in reversed(names):
+            old = before.get(name)
+            try:
+                if old is None:
+                    self.proxy.remove_route(name)
+                else:
+                    self.proxy.set_route(name, listen=old["listen"], backend=old["backend"],
+                                         kind=old.get("kind", "tcp"),
+                                         idle_timeout=old.get("idleTimeout"))
+            except Exception as exc:
+                self.reporter.warning(f"could not restore route {name}: {exc}")
+
+    def _ensure_routes(self, component: Any, container_id: str) -> None:
+        """Make every port of ``component`` route to the given (live) container."""
+        info = self.runtime.inspect(container_id)
+        if info is None or not info.running:
+            return
+        routes = {r["name"]: r for r in self._routes(component.name)}
+        for port in component.ports:
+            name = self.host.route_name(component.name, port.external)
+            backend = self.runtime.backend(info, port.container)
+            route = routes.get(name)
+            if backend is None or (route and route.get("backend") == backend
+                                   and route.get("state") != "error"):
+                continue
+            self._set_route(name, self.host.listen(port.external), backend, port.kind,
+                            component.drain_idle_timeout)
+            self.reporter.step(f"{component.name}: route {name} repaired -> {backend}")
+
+    # -- retiring old containers ----------------------------------------------------------
+    def _retire_others(self, component: Any, keep: str | None) -> list[str]:
+        view = self._view(component.name)
+        retired = []
+        for info in view.containers:
+            if info.id != keep:
+                self._retire(component, info, view, drain=True)
+                retired.append(info.id)
+        return retired
+
+    def _retire(self, component: Any, info: ContainerInfo, view: _View, drain: bool) -> None:
+        """Drain (optionally), stop and remove one container. Errors become warnings: the
+        container then stays for the next command's recover() to finish."""
+        rep = self.reporter
+        try:
+            if info.running and drain:
+                deadline = time.monotonic() + component.drain_timeout
+                rep.step(f"{component.name}: draining {info.short_id} "
+                         f"(up to {component.drain_timeout:g}s)")
+                self._signal(component, info)
+                self._drain(component, info, view.pairs(info), deadline)
+                if component.termination_checks:
+                    self._termination_checks(component, info, deadline)
+            elif info.running:
+                self._close(view.pairs(info))
+            if info.running:
+                self.runtime.stop(info.id, component.stop_timeout)
+            self.runtime.remove(info.id)
+            rep.step(f"{component.name}: stopped and removed {info.short_id}")
+        except GantryError as exc:
+            rep.warning(f"could not retire {info.short_id}: {exc} (the next gantry command "
+                        "retries)")
+
+    def _signal(self, component: Any, info: ContainerInfo) -> None:
+        for sig in component.termination_signals:
+            try:
+                if sig.kind == "exec":
+                    code = self.runtime.exec(info.id, list(sig.command), sig.timeout)
+                    what = f"exec {' '.join(sig.command)}"
+                    outcome = "timed out" if code is None else f"exit code {code}"
+                else:
+                    what = f"POST :{sig.port}{sig.path}"
+                    outcome = _post(self.runtime.address(info, sig.port), sig.path, sig.timeout)
+                self.reporter.step(f"{component.name}: termination signal {what} to "
+                                   f"{info.short_id}: {outcome}")
+            except GantryError as exc:
+                self.reporter.warning(f"termination signal to {info.short_id} failed: {exc}")
+
+    def _drain(self, component: Any, info: ContainerInfo, pairs: list[tuple[str, str]],
+               deadline: float) -> None:
+        """Wait until the proxy counts no live connection to ``info`` (bounded by the
+        deadline), reporting the live count; then close whatever is left."""
+        pending = dict.fromkeys(pairs, 0)
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for pair in list(pending):
+                result = self._proxy_drain(pair, min(DRAIN_SLICE, max(remaining, 0)), False)
+                if result.get("drained", True):
+                    del pending[pair]
+                else:
+                    pending[pair] = int(result.get("live", 0))
+            if pending:
+                self.reporter.draining(info.id, sum(pending.values()),
+                                       max(0.0, deadline - time.monotonic()))
+        if pending:
+            closed = self._close(list(pending))
+            self.reporter.step(f"{component.name}: drain timeout; closed {closed} "
+                               f"connection(s) to {info.short_id}")
+
+    def _close(self, pairs: Iterable[tuple[str, str]]) -> int:
+        return sum(int(self._proxy_drain(p, 0, True).get("closed", 0)) for p in pairs)
+
+    def _proxy_drain(self, pair: tuple[str, str], timeout: float, close: bool) -> dict:
+        name, backend = pair
+        try:
+            return self.proxy.drain(name, backend, timeout=timeout, close=close) or {}
+        except Exception as exc:
+            if _is_not_found(exc):
+                return {"drained": True, "live": 0, "closed": 0}  # route gone: nothing to wait
+            raise RouteError(f"proxy drain of {backend} on {name}: {exc}") from exc
+
+    def _termination_checks(self, component: Any, info: ContainerInfo, deadline: float) -> None:
+        try:
+            C.wait_for_checks(component.termination_checks, self.runtime, info.id,
+                              max(0.0, deadline - time.monotonic()), self.reporter,
+                              what="termination")
+        except CheckFailed as exc:
+            # An exited container is as terminated as it gets; otherwise stop it anyway.
+            self.reporter.warning(f"{exc}; stopping {info.short_id} anyway")
+
+    # -- stop / kill ----------------------------------------------------------------------
+    def stop(self, component: Any, kill: bool = False) -> list[str]:
+        """Remove the component from this host; answers the ids of the removed containers.
+
+        Every route is first parked (switched to :data:`PARK_BACKEND`, where nothing listens),
+        so no new connection reaches a container while the proxy still counts the live ones;
+        then each container is drained (skipped with ``kill``), stopped and removed, and the
+        routes are removed last. Parking rather than removing the route first is what lets the
+        proxy's drain API observe the connections: it forgets a removed route at once.
+        """
+        with self.lock(component):
+            view = self._view(component.name)
+            for route in view.routes:
+                if route.get("backend") != PARK_BACKEND:
+                    self._set_route(route["name"], route["listen"], PARK_BACKEND,
+                                    route.get("kind", "tcp"), route.get("idleTimeout"))
+            view = self._view(component.name)
+            for info in view.containers:
+                self._retire(component, info, view, drain=not kill)
+            for route in view.routes:
+                try:
+                    self.proxy.remove_route(route["name"])
+                except Exception as exc:
+                    if not _is_not_found(exc):
+                        raise RouteError(f"cannot remove route {route['name']}: {exc}") from exc
+                self.reporter.step(f"{component.name}: removed route {route['name']}")
+            if not view.containers:
+                self.reporter.step(f"{component.name}: no container to stop")
+            return [c.id for c in view.containers]
+
+    # -- recover --------------------------------------------------------------------------
+    def recover(self, component: Any) -> None:
+        """Bring the component to a clean state after an interrupted gantry (see module doc)."""
+        with self.lock(component):
+            self._recover(component)
+
+    def _recover(self, component: Any) -> None:
+        view = self._view(component.name)
+        live = view.live()
+        for info in view.containers:
+            if info.running:
+                continue
+            self.reporter.step(f"{component.name}: removing stopped container {info.short_id}")
+            self._discard(info.id)
+        if live is not None:
+            self._ensure_routes(component, live.id)
+        for info in view.containers:
+            if not info.running or info is live:
+                continue
+            if (live is None or info.created > live.created) and not view.seen_by_proxy(info):
+                self.reporter.step(f"{component.name}: removing {info.short_id}, left by an "
+                                   "interrupted update (never routed)")
+                self._discard(info.id)
+            else:
+                self.reporter.step(f"{component.name}: finishing the drain of {info.short_id}")
+                self._retire(component, info, view, drain=True)
+
+    # -- monitor --------------------------------------------------------------------------
+    def monitor(self, component: Any, stop: threading.Event | None = None,
+                interval: float | None = None) -> None:
+        """Run the health checks of the live container until ``stop`` is set; after
+        ``health_failures`` consecutive failures replace it (same image) through update().
+
+        Ends by itself when the component has no live container (e.g. ``gantry stop``).
+        Falls back to the ready checks when no health checks are configured.
+        """
+        stop = stop or threading.Event()
+        checks = component.health_checks or component.ready_checks
+        if interval is None:
+            interval = min((c.interval for c in checks), default=1.0)
+        self.recover(component)
+        failures, watched = 0, None
+        rep = self.reporter
+        rep.step(f"{component.name}: monitoring ({len(checks)} check(s) every {interval:g}s, "
+                 f"replace after {component.health_failures} consecutive failures)")
+        while not stop.is_set():
+            current = self.current(component)
+            if current is None:
+                rep.step(f"{component.name}: no live container; monitor ends")
+                return
+            if current.id != watched:
+                failures, watched = 0, current.id
+            problems = C.check_once(checks, self.runtime, current.id)
+            if problems:
+                failures += 1
+                rep.warning(f"{component.name}: {current.short_id} unhealthy "
+                            f"({failures}/{component.health_failures}): {'; '.join(problems)}")
+            elif failures:
+                rep.step(f"{component.name}: {current.short_id} healthy again")
+                failures = 0
+            if failures >= component.health_failures:
+                rep.step(f"{component.name}: replacing {current.short_id}")
+                try:
+                    self.update(component, image=current.image)
+                except UpdateFailed as exc:
+                    rep.warning(f"replacement failed: {exc}")
+                failures = 0
+            stop.wait(interval)
+
+
+def _probed_ports(component: Any) -> set[int]:
+    """Container ports that must be reachable: routed ports and every checked/signalled one."""
+    ports = {p.container for p in component.ports}
+    for check in (*component.ready_checks, *component.health_checks,
+                  *component.termination_checks):
+        if check.kind in ("http", "tcp") and check.port:
+            ports.add(check.port)
+    ports |= {s.port for s in component.termination_signals if s.kind == "http" and s.port}
+    return ports
+
+
+def _post(address: tuple[str, int] | None, path: str, timeout: float) -> str:
+    if address is None:
+        return "port not reachable"
+    conn = http.client.HTTPConnection(address[0], address[1], timeout=timeout)
+    try:
+        conn.request("POST", path, body=b"", headers={"User-Agent": "gantry-terminate"})
+        return f"HTTP {conn.getresponse().status}"
+    except (OSError, http.client.HTTPException) as exc:
+        return f"failed ({exc or type(exc).__name__})"
+    finally:
+        conn.close()
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return getattr(exc, "status", None) == 404 or type(exc).__name__ in ("NotFound", "RouteNotFound")

@@ -1,0 +1,98 @@
+"""Progress reporting for lifecycle operations.
+
+The lifecycle calls a :class:`Reporter`; the CLI uses :class:`ConsoleReporter` (one line per step
+with the elapsed time, plus the live connection count while draining); gantryd passes its own
+subclass (for example one that also writes the step into etcd). The base class logs through
+``logging`` so a library user who passes nothing still gets a trace.
+
+Methods (all optional to override):
+
+* ``step(message)``  -- a lifecycle step starts or ends ("pulling ...", "switched route ...").
+* ``waiting(message)`` -- a periodic update while waiting (ready checks, lock).
+* ``draining(container_id, live, remaining)`` -- live connections left on a draining container.
+* ``warning(message)`` -- something went wrong but the operation carries on.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TextIO
+
+log = logging.getLogger("gantry.progress")
+
+
+class Reporter:
+    """Default reporter: everything goes to the ``gantry.progress`` logger."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def step(self, message: str) -> None:
+        log.info("%s", message)
+
+    def waiting(self, message: str) -> None:
+        log.debug("%s", message)
+
+    def draining(self, container_id: str, live: int, remaining: float) -> None:
+        log.info("draining %s: %d live connection(s), %.0fs left", container_id[:12], live, remaining)
+
+    def warning(self, message: str) -> None:
+        log.warning("%s", message)
+
+
+class NullReporter(Reporter):
+    """Reports nothing (tests, quiet library use)."""
+
+    def step(self, message: str) -> None:
+        pass
+
+    def waiting(self, message: str) -> None:
+        pass
+
+    def draining(self, container_id: str, live: int, remaining: float) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
+        pass
+
+
+class ConsoleReporter(Reporter):
+    """Human output: ``[  1.2s] message``, one line per step.
+
+    Drain progress is printed when the live count changes, and at most every
+    ``drain_every`` seconds otherwise, so a long drain does not flood the terminal.
+    """
+
+    def __init__(self, stream: TextIO | None = None, drain_every: float = 5.0) -> None:
+        super().__init__()
+        self.stream = stream or sys.stdout
+        self.drain_every = drain_every
+        self._last_drain: tuple[str, int, float] | None = None
+
+    def _line(self, text: str) -> None:
+        self.stream.write(f"[{self.elapsed():6.1f}s] {text}\n")
+        self.stream.flush()
+
+    def step(self, message: str) -> None:
+        log.debug("%s", message)
+        self._line(message)
+
+    def waiting(self, message: str) -> None:
+        log.debug("%s", message)
+        self._line(message)
+
+    def draining(self, container_id: str, live: int, remaining: float) -> None:
+        now = time.monotonic()
+        last = self._last_drain
+        if last and last[0] == container_id and last[1] == live and now - last[2] < self.drain_every:
+            return
+        self._last_drain = (container_id, live, now)
+        self._line(f"draining {container_id[:12]}: {live} live connection(s), {remaining:.0f}s left")
+
+    def warning(self, message: str) -> None:
+        log.debug("%s", message)
+        self._line(f"warning: {message}")

@@ -1,0 +1,303 @@
+"""Docker access for gantry: images, containers, addresses.
+
+:class:`Runtime` wraps a ``docker.DockerClient`` and turns every Docker failure into a
+one-line :class:`~gantry.errors.GantryError` (``DockerUnavailable`` when the engine cannot be
+reached at all). Registry credentials come from the user's Docker config, as with the docker
+CLI (the SDK reads ``~/.docker/config.json`` and credential helpers).
+
+Backends. A component port is reached through an *address* of its container:
+
+* ``backend_mode="loopback"`` (default): every needed container port is published on
+  ``127.0.0.1`` with an ephemeral host port, and the address is ``127.0.0.1:<published>``.
+  Works wherever the proxy runs on the Docker host, even when container IPs are not routable.
+* ``backend_mode="container-ip"``: nothing is published; the address is the container's IP on
+  its first network plus the container port (the classic gantryd way, for hosts where the
+  bridge network is reachable from the proxy).
+
+Ready/health checks probe the same addresses as the proxy, so a check passes only if the proxy
+can reach the container too.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import docker
+import docker.errors
+from docker.utils import parse_repository_tag
+import requests.exceptions
+
+from . import labels as L
+from .errors import DockerFailed, DockerUnavailable, GantryError, ImageError
+
+log = logging.getLogger(__name__)
+
+BACKEND_MODES = ("loopback", "container-ip")
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What gantry needs to know about one container (a snapshot of ``docker inspect``)."""
+
+    id: str
+    name: str
+    labels: L.GantryLabels
+    status: str  # docker State.Status: created, running, restarting, exited, dead, ...
+    exit_code: int | None
+    health: str | None  # docker HEALTHCHECK status, None when the image has no HEALTHCHECK
+    created: str  # RFC 3339, as docker reports it
+    started_at: str
+    ports: dict[int, int] = field(default_factory=dict)  # container tcp port -> loopback port
+    ip: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "restarting")
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> "ContainerInfo":
+        state = attrs.get("State") or {}
+        net = attrs.get("NetworkSettings") or {}
+        ports: dict[int, int] = {}
+        for key, bindings in (net.get("Ports") or {}).items():
+            number, _, proto = key.partition("/")
+            if proto != "tcp" or not bindings:
+                continue
+            for b in bindings:
+                if b.get("HostIp") in (LOOPBACK, "") and b.get("HostPort"):
+                    ports[int(number)] = int(b["HostPort"])
+                    break
+        ip = None
+        for network in (net.get("Networks") or {}).values():
+            if network.get("IPAddress"):
+                ip = network["IPAddress"]
+                break
+        health = (state.get("Health") or {}).get("Status")
+        return cls(
+            id=attrs["Id"],
+            name=attrs.get("Name", "").lstrip("/"),
+            labels=L.GantryLabels.from_dict((attrs.get("Config") or {}).get("Labels") or {}),
+            status=state.get("Status", "unknown"),
+            exit_code=state.get("ExitCode"),
+            health=health,
+            created=attrs.get("Created", ""),
+            started_at=state.get("StartedAt", ""),
+            ports=ports,
+            ip=ip,
+        )
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    text = exc.explanation or str(exc)
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return str(text).strip().splitlines()[0] if str(text).strip() else str(exc)
+
+
+@contextlib.contextmanager
+def docker_errors(what: str) -> Iterator[None]:
+    """Translate Docker SDK / transport exceptions into one-line GantryErrors."""
+    try:
+        yield
+    except GantryError:
+        raise
+    except docker.errors.APIError as exc:
+        raise DockerFailed(f"{what}: {_explain(exc)}") from exc
+    except (requests.exceptions.ConnectionError, ConnectionError) as exc:
+        raise DockerUnavailable(f"{what}: cannot reach the Docker engine ({exc})") from exc
+    except docker.errors.DockerException as exc:
+        raise DockerUnavailable(f"{what}: {exc}") from exc
+
+
+def connect(base_url: str | None = None, timeout: float = 60) -> docker.DockerClient:
+    """A DockerClient for ``base_url`` (default: the environment, like the docker CLI), pinged."""
+    try:
+        client = (docker.DockerClient(base_url=base_url, timeout=timeout) if base_url
+                  else docker.from_env(timeout=timeout))
+        client.ping()
+        return client
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        where = base_url or "DOCKER_HOST / the default socket"
+        raise DockerUnavailable(f"cannot reach the Docker engine at {where}: {exc}") from exc
+
+
+def split_digest_ref(ref: str) -> tuple[str, str | None]:
+    """``repo@sha256:..`` -> (repo, digest); anything else -> (ref, None)."""
+    repo, sep, digest = ref.partition("@")
+    return (repo, digest) if sep else (ref, None)
+
+
+class Runtime:
+    """Docker operations gantry needs, with clear errors. Thread-safe like the SDK client."""
+
+    def __init__(self, client: docker.DockerClient, backend_mode: str = "loopback") -> None:
+        if backend_mode not in BACKEND_MODES:
+            raise ValueError(f"backend_mode must be one of {BACKEND_MODES}, not {backend_mode!r}")
+        self.client = client
+        self.backend_mode = backend_mode
+
+    # -- images ---------------------------------------------------------------------------
+    def resolve(self, repo: str, tag: str) -> str:
+        """``repo:tag`` -> the digest-pinned reference ``repo@sha256:...`` (asks the registry)."""
+        ref = f"{repo}:{tag}"
+        try:
+            with docker_errors(f"resolving {ref}"):
+                data = self.client.images.get_registry_data(ref)
+        except DockerFailed as exc:
+            raise ImageError(f"cannot resolve image {ref}: {str(exc).split(': ', 1)[-1]}") from exc
+        return f"{repo}@{data.id}"
+
+    def has_image(self, ref: str) -> bool:
+        with docker_errors(f"looking up image {ref}"):
+            try:
+                self.client.images.get(ref)
+                return True
+            except docker.errors.ImageNotFound:
+                return False
+
+    def pull(self, ref: str) -> None:
+        """Pull ``ref`` (normally digest-pinned); raise ImageError on any failure."""
+        repo, tag = parse_repository_tag(ref)
+        try:
+            with docker_errors(f"pulling {ref}"):
+                for event in self.client.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+                    if isinstance(event, dict) and event.get("error"):
+                        raise ImageError(f"cannot pull {ref}: {event['error'].strip()}")
+        except DockerFailed as exc:
+            raise ImageError(f"cannot pull {ref}: {str(exc).split(': ', 1)[-1]}") from exc
+        if not self.has_image(ref):
+            raise ImageError(f"cannot pull {ref}: the engine reported no error but has no image")
+
+    def ensure_image(self, ref: str) -> bool:
+        """Make ``ref`` present locally; True when it had to be pulled."""
+        if self.has_image(ref):
+            return False
+        self.pull(ref)
+        return True
+
+    # -- containers -----------------------------------------------------------------------
+    def create(
+        self,
+        name: str,
+        image: str,
+        labels: dict[str, str],
+        *,
+        command: Iterable[str] = (),
+        user: str | None = None,
+        environment: dict[str, str] | None = None,
+        binds: dict[str, dict[str, str]] | None = None,
+        volumes_from: Iterable[str] = (),
+        privileged: bool = False,
+        tcp_ports: Iterable[int] = (),
+    ) -> str:
+        """Create (not start) a container; answers its id."""
+        kwargs: dict[str, Any] = dict(
+            name=name,
+            labels=labels,
+            environment=environment or {},
+            volumes=binds or {},
+            privileged=privileged,
+            detach=True,
+        )
+        if command:
+            kwargs["command"] = list(command)
+        if user:
+            kwargs["user"] = user
+        if volumes_from:
+            kwargs["volumes_from"] = list(volumes_from)
+        if self.backend_mode == "loopback":
+            # Ephemeral host ports on loopback only: the proxy and the checks use these.
+            kwargs["ports"] = {f"{p}/tcp": (LOOPBACK, None) for p in sorted(set(tcp_ports))}
+        with docker_errors(f"creating container {name}"):
+            return self.client.containers.create(image, **kwargs).id
+
+    def start(self, container_id: str) -> None:
+        with docker_errors(f"starting container {container_id[:12]}"):
+            self.client.api.start(container_id)
+
+    def inspect(self, container_id: str) -> ContainerInfo | None:
+        """Fresh state of a container; None when it no longer exists."""
+        with docker_errors(f"inspecting container {container_id[:12]}"):
+            try:
+                return ContainerInfo.from_attrs(self.client.api.inspect_container(container_id))
+            except docker.errors.NotFound:
+                return None
+
+    def list(self, label_filters: list[str]) -> list[ContainerInfo]:
+        """All containers (running or not) carrying every ``key=value`` label, oldest first."""
+        with docker_errors("listing containers"):
+            summaries = self.client.api.containers(all=True, filters={"label": label_filters})
+        infos = [info for s in summaries if (info := self.inspect(s["Id"])) is not None]
+        return sorted(infos, key=lambda i: (i.created, i.id))
+
+    def stop(self, container_id: str, timeout: float) -> None:
+        """``docker stop``: SIGTERM, then SIGKILL after ``timeout`` seconds. Gone is fine."""
+        with docker_errors(f"stopping container {container_id[:12]}"):
+            try:
+                # The HTTP timeout must outlast the engine's own stop timeout.
+                self.client.api.stop(container_id, timeout=max(0, int(round(timeout))))
+            except docker.errors.NotFound:
+                pass
+
+    def remove(self, container_id: str) -> None:
+        """Force-remove a container and its anonymous volumes. Gone is fine."""
+        with docker_errors(f"removing container {container_id[:12]}"):
+            try:
+                self.client.api.remove_container(container_id, v=True, force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if "already in progress" not in _explain(exc):
+                    raise
+
+    def exec(self, container_id: str, command: list[str], timeout: float) -> int | None:
+        """Run ``command`` in the container; its exit code, or None if it outlived ``timeout``."""
+        with docker_errors(f"exec in container {container_id[:12]}"):
+            exec_id = self.client.api.exec_create(container_id, command)["Id"]
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                self.client.api.exec_start(exec_id)
+            except Exception as exc:  # reported through the exit code below
+                log.debug("exec %s failed: %s", command, exc)
+            finally:
+                done.set()
+
+        # exec_start has no timeout of its own; a daemon thread keeps a hung command from
+        # blocking the drain (the command itself dies with the container).
+        threading.Thread(target=run, daemon=True, name="gantry-exec").start()
+        if not done.wait(timeout):
+            return None
+        with docker_errors(f"exec in container {container_id[:12]}"):
+            return self.client.api.exec_inspect(exec_id).get("ExitCode")
+
+    def logs_tail(self, container_id: str, lines: int = 5) -> str:
+        """The last lines of a container's output (for error messages); '' if unavailable."""
+        try:
+            raw = self.client.api.logs(container_id, tail=lines)
+        except Exception:  # best effort only
+            return ""
+        return raw.decode(errors="replace").strip()
+
+    # -- addresses ------------------------------------------------------------------------
+    def address(self, info: ContainerInfo, container_port: int) -> tuple[str, int] | None:
+        """Where the proxy and the checks reach ``container_port``; None when unreachable
+        (container stopped, or the port was not published)."""
+        if self.backend_mode == "container-ip":
+            return (info.ip, container_port) if info.ip else None
+        host_port = info.ports.get(container_port)
+        return (LOOPBACK, host_port) if host_port else None
+
+    def backend(self, info: ContainerInfo, container_port: int) -> str | None:
+        """``address`` as the proxy's ``host:port`` string."""
+        addr = self.address(info, container_port)
+        return f"{addr[0]}:{addr[1]}" if addr else None

@@ -1,0 +1,136 @@
+"""Helpers of the gantry lifecycle tests (imported by conftest.py and the test modules)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import rig  # tests/conftest.py puts scripts/ on sys.path
+from gantry.config import Component, parse_config
+from gantry.progress import Reporter
+from proxy.client import ProxyClient
+
+MACHINE = "test-machine"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy; answer its value (no sleeps as synchronisation)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class RecordingReporter(Reporter):
+    """Keeps every message, so tests can wait for a step or show what happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def step(self, message: str) -> None:
+        self.lines.append(message)
+
+    waiting = warning = step
+
+    def draining(self, container_id: str, live: int, remaining: float) -> None:
+        self.lines.append(f"draining {container_id[:12]}: {live} live")
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (ProcessLookupError, OSError):
+        return False
+
+
+def component_dict(name: str = "web", tag: str = "v1", external: int | None = None,
+                   repo: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A component on a free external port with the short test timeouts."""
+    check = {"kind": "http", "port": 8080, "path": "/health", "interval": 0.2, "timeout": 1}
+    data: dict[str, Any] = {
+        "name": name,
+        "repo": repo or rig.TEST_REPO,
+        "tag": tag,
+        "ports": [{"external": external or rig.free_port(), "container": 8080, "kind": "http"}],
+        "readyChecks": [check],
+        "healthChecks": [check],
+        "healthFailures": 2,
+        "readyTimeout": 10,
+        "drainTimeout": 5,
+        "stopTimeout": 2,
+    }
+    data.update(extra)
+    return data
+
+
+def make_component(**kwargs: Any) -> Component:
+    return parse_config({"components": [component_dict(**kwargs)]}).components[0]
+
+
+def variant(c: Component, **changes: Any) -> Component:
+    """The same component (same port) with changed fields, re-validated."""
+    data = c.to_dict()
+    data.update(changes)
+    return parse_config({"components": [data]}).components[0]
+
+
+def external_port(c: Component) -> int:
+    return c.ports[0].external
+
+
+def target(c: Component) -> tuple[str, int]:
+    """Where clients reach the component through the proxy."""
+    return ("127.0.0.1", external_port(c))
+
+
+def project_containers(docker_client, project: str) -> list:
+    """Every container labelled with the project, running or not."""
+    return docker_client.containers.list(all=True,
+                                         filters={"label": f"io.gantry.project={project}"})
+
+
+def route_of(proxy: ProxyClient, project: str, c: Component) -> dict | None:
+    name = f"{project}.{c.name}.{external_port(c)}"
+    return next((r for r in proxy.routes() if r["name"] == name), None)
+
+
+def live_by_backend(proxy: ProxyClient, project: str, c: Component) -> dict[str, int]:
+    route = route_of(proxy, project, c) or {}
+    return {b["address"]: b["live"] for b in route.get("backends", ())}
+
+
+class Cli:
+    """Runs ``python -m gantry`` as a subprocess in a project directory."""
+
+    def __init__(self, workdir: Path, project: str, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.project = project
+        self.env = {**os.environ, **env}
+
+    def write_config(self, *components: dict[str, Any]) -> Path:
+        path = self.workdir / ".gantry"
+        path.write_text(json.dumps({"components": list(components)}, indent=2))
+        return path
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "gantry", *args, "-p", self.project,
+                "--machine", MACHINE, "--proxy-bind", "127.0.0.1"]
+
+    def run(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args), cwd=self.workdir, env={**self.env, **env},
+                              text=True, capture_output=True, timeout=timeout)
+
+    def spawn(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*args), cwd=self.workdir, env=self.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,0 +1,129 @@
+"""End-to-end: update, start and their failure paths against real Docker, registry and proxy."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import rig
+from gantry_helpers import (live_by_backend, make_component, project_containers, route_of,
+                            target, variant, wait_for)
+from gantry.errors import UpdateFailed
+from loadgen import Load, request
+
+
+def test_update_under_load_has_no_failed_request(life, proxy, project, docker_client):
+    v1 = make_component(tag="v1")
+    first = life.update(v1).container
+    with Load([target(v1)], short_workers=2) as load:
+        load.wait_for(lambda l: l.versions()["v1"] >= 5, 10)
+        deployment = life.update(variant(v1, tag="v2"))
+        assert load.wait_for(lambda l: l.versions()["v2"] >= 5, 10)
+    assert load.failed == 0, load.errors()
+    assert load.versions()["v1"] and load.versions()["v2"]
+    assert deployment.replaced == (first.id,)
+
+    (container,) = project_containers(docker_client, project)
+    assert container.id == deployment.container.id
+    labels = container.labels
+    assert labels["io.gantry.component"] == "web"
+    assert labels["io.gantry.origin"] == "gantry"
+    assert labels["io.gantry.config-hash"] == v1.spec_hash()
+    assert labels["io.gantry.image"].startswith(rig.TEST_REPO + "@sha256:")
+    assert container.name.startswith(f"{project}.web.")
+    current = life.current(v1)
+    assert current.id == container.id and current.state == "running" and current.routed
+    assert route_of(proxy, project, v1)["backend"] in current.backends
+
+
+def test_slow_request_completes_on_the_old_container(life, proxy, project, docker_client):
+    v1 = make_component(tag="v1", drainTimeout=20)
+    first = life.update(v1).container
+    results: dict = {}
+    slow = threading.Thread(
+        target=lambda: results.update(slow=request(target(v1), "/cgi-bin/slow?s=4")))
+    slow.start()
+    (old_backend,) = first.backends
+    wait_for(lambda: live_by_backend(proxy, project, v1).get(old_backend) == 1, 10,
+             "the proxy to count the slow request")
+    update = threading.Thread(
+        target=lambda: results.update(deployment=life.update(variant(v1, tag="v2"))))
+    update.start()
+    wait_for(lambda: request(target(v1))[1] == "v2", 15, "new requests to reach v2")
+    # Docker first, then the proxy: the old container existed while its request was live.
+    still_there = docker_client.containers.get(first.id).status == "running"
+    live_then = live_by_backend(proxy, project, v1).get(old_backend)
+    if live_then:  # the request was still in flight: the old container was still there
+        assert still_there
+    slow.join(30)
+    update.join(30)
+    assert results["slow"] == (True, "v1")
+    assert [c.id for c in project_containers(docker_client, project)] == \
+        [results["deployment"].container.id]
+
+
+FAILURES = {
+    "never_ready": ({"tag": "never-ready", "readyTimeout": 2}, "did not pass within"),
+    "crash": ({"tag": "crash"}, "exited (code 3)"),
+    "missing_tag": ({"tag": "no-such-tag"}, "cannot resolve"),
+    "registry_unreachable": ({"repo": "localhost:5999/nope"}, "cannot resolve"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILURES))
+def test_failed_update_keeps_the_old_container_serving(case, life, proxy, project,
+                                                       docker_client):
+    v1 = make_component(tag="v1")
+    first = life.update(v1).container
+    changes, message = FAILURES[case]
+    with Load([target(v1)], short_workers=2) as load:
+        load.wait_for(lambda l: l.versions()["v1"] >= 3, 10)
+        with pytest.raises(UpdateFailed) as failure:
+            life.update(variant(v1, **changes))
+        sent_before = load.sent
+        assert load.wait_for(lambda l: l.sent >= sent_before + 3, 10)
+    assert message in str(failure.value)
+    assert f"{first.short_id} keeps serving" in str(failure.value)
+    assert load.failed == 0, load.errors()
+    assert set(load.versions()) == {"v1"}
+    assert [c.id for c in project_containers(docker_client, project)] == [first.id]
+    assert route_of(proxy, project, v1)["backend"] in first.backends
+
+
+def test_start_is_a_no_op_when_up_to_date(life, docker_client, project):
+    v1 = make_component(tag="v1")
+    first = life.start(v1)
+    assert first.changed
+    again = life.start(v1)
+    assert not again.changed and again.container.id == first.container.id
+    # A config change (environment) makes start roll out a new container.
+    changed = life.start(variant(v1, environmentVariables=[{"name": "X", "value": "1"}]))
+    assert changed.changed and changed.container.id != first.container.id
+    assert [c.id for c in project_containers(docker_client, project)] == [changed.container.id]
+
+
+def test_pinned_image_is_used_as_given(life, docker_client):
+    v1 = make_component(tag="v1")
+    pinned = life.runtime.resolve(rig.TEST_REPO, "v2")
+    deployment = life.update(v1, image=pinned)
+    assert deployment.image == pinned
+    assert request(target(v1)) == (True, "v2")
+
+
+def test_two_components_side_by_side(make_lifecycle, proxy, project, docker_client):
+    life = make_lifecycle()
+    web = make_component(name="web", tag="v1")
+    api = make_component(name="api", tag="v2")
+    life.update(web)
+    life.update(api)
+    assert request(target(web)) == (True, "v1")
+    assert request(target(api)) == (True, "v2")
+    assert sorted(life.status_all()) == ["api", "web"]
+    life.update(variant(web, tag="v3"))
+    assert request(target(web)) == (True, "v3")
+    assert request(target(api)) == (True, "v2")
+    life.stop(web)
+    assert route_of(proxy, project, web) is None
+    assert request(target(api)) == (True, "v2")
+    assert [c.labels["io.gantry.component"] for c in project_containers(docker_client, project)] \
+        == ["api"]
