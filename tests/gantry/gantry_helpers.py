@@ -5,13 +5,17 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import docker.errors
+
 import rig  # tests/conftest.py puts scripts/ on sys.path
 from gantry.config import Component, parse_config
 from gantry.progress import Reporter
+from loadgen import request
 from proxy.client import ProxyClient
 
 MACHINE = "test-machine"
@@ -108,6 +112,96 @@ def route_of(proxy: ProxyClient, project: str, c: Component) -> dict | None:
 def live_by_backend(proxy: ProxyClient, project: str, c: Component) -> dict[str, int]:
     route = route_of(proxy, project, c) or {}
     return {b["address"]: b["live"] for b in route.get("backends", ())}
+
+
+def backend_of(proxy: ProxyClient, project: str, c: Component, address: str) -> dict | None:
+    """The proxy's entry for one backend address of the component's route."""
+    route = route_of(proxy, project, c) or {}
+    return next((b for b in route.get("backends", ()) if b["address"] == address), None)
+
+
+class SlowRequest:
+    """One ``/cgi-bin/slow?s=N`` request through the proxy, in a thread of its own.
+
+    ``in_flight()`` is exact (set when the response was read or the request failed), so a
+    test can prove that what it observed happened while the request was still being served:
+    observe, then ``assert_in_flight`` -- everything observed before that was observed during
+    the request."""
+
+    def __init__(self, where: tuple[str, int], seconds: float) -> None:
+        self.seconds = seconds
+        self.result: tuple[bool, str] | None = None
+        self._done = threading.Event()
+        # The client timeout outlasts the request, so a failure means the request was cut.
+        self._thread = threading.Thread(
+            target=self._run, args=(where, f"/cgi-bin/slow?s={seconds:g}", seconds + 30),
+            daemon=True, name="slow-request")
+        self._thread.start()
+
+    def _run(self, where: tuple[str, int], path: str, timeout: float) -> None:
+        try:
+            self.result = request(where, path, timeout)
+        finally:
+            self._done.set()
+
+    def in_flight(self) -> bool:
+        return not self._done.is_set()
+
+    def assert_in_flight(self, when: str) -> None:
+        if not self.in_flight():
+            raise AssertionError(f"the {self.seconds:g}s slow request ended ({self.result}) "
+                                 f"before {when}: the test proves nothing (machine too slow?)")
+
+    def wait(self, timeout: float) -> tuple[bool, str]:
+        if not self._done.wait(timeout):
+            raise AssertionError(f"the slow request did not end within {timeout:g}s")
+        assert self.result is not None
+        return self.result
+
+
+class Background:
+    """``fn()`` in a thread; ``wait`` answers its result or re-raises its exception."""
+
+    def __init__(self, fn: Callable[[], Any], name: str = "background") -> None:
+        self._fn = fn
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._fn()
+        except BaseException as exc:  # handed to the test thread
+            self._error = exc
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self, timeout: float) -> Any:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"{self._thread.name} did not end within {timeout:g}s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def forget_local_images(docker_client, repo: str) -> None:
+    """Remove every local tag and digest reference of ``repo`` (by reference, never by image
+    id, so other repos sharing the same image -- the session's test images -- keep theirs)."""
+    for image in docker_client.images.list():
+        refs = [t for t in image.tags if t.rpartition(":")[0] == repo]
+        refs += [d for d in image.attrs.get("RepoDigests") or () if d.partition("@")[0] == repo]
+        for ref in refs:
+            try:
+                docker_client.images.remove(ref, force=True)
+            except docker.errors.ImageNotFound:
+                pass  # untagging the last tag of a repo drops its digest references too
+    left = [r for image in docker_client.images.list()
+            for r in (*image.tags, *(image.attrs.get("RepoDigests") or ()))
+            if r.startswith(repo + ":") or r.startswith(repo + "@")]
+    assert not left, f"local references of {repo} left: {left}"
 
 
 class Cli:

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import threading
 
-from gantry_helpers import (live_by_backend, make_component, project_containers, route_of,
+import docker.errors
+import pytest
+
+from gantry.lifecycle import PARK_BACKEND
+from gantry_helpers import (Background, RecordingReporter, SlowRequest, backend_of,
+                            live_by_backend, make_component, project_containers, route_of,
                             target, variant, wait_for)
 from loadgen import request
 
@@ -15,34 +20,61 @@ def _slow_request(c, seconds: float, results: dict) -> threading.Thread:
     return thread
 
 
-def test_stop_drains_then_removes(life, proxy, project, docker_client):
-    v1 = make_component(tag="v1", drainTimeout=20)
+def test_stop_drains_then_removes(make_lifecycle, proxy, project, docker_client):
+    """stop waits for an in-flight request (observed while it is provably in flight), then
+    removes the container and the routes."""
+    reporter = RecordingReporter()
+    life = make_lifecycle(reporter)
+    v1 = make_component(tag="v1", drainTimeout=30)
     first = life.update(v1).container
-    results: dict = {}
-    slow = _slow_request(v1, 3, results)
-    wait_for(lambda: sum(live_by_backend(proxy, project, v1).values()) == 1, 10,
+    (backend,) = first.backends
+    slow = SlowRequest(target(v1), 10)
+    wait_for(lambda: live_by_backend(proxy, project, v1).get(backend) == 1, 10,
              "the proxy to count the slow request")
-    removed = life.stop(v1)
-    slow.join(30)
-    assert results["slow"] == (True, "v1")
-    assert removed == [first.id]
+    slow.assert_in_flight("the stop began")
+    stop = Background(lambda: life.stop(v1), "stop")
+    wait_for(lambda: f"web: draining {first.short_id} (up to 30s)" in reporter.lines, 15,
+             "the stop to start draining")
+
+    # While the slow request is in flight: the container still runs, the route is parked
+    # (new connections are turned away), the proxy still counts the live one.
+    assert docker_client.containers.get(first.id).status == "running"
+    route = route_of(proxy, project, v1)
+    assert route["backend"] == PARK_BACKEND, route
+    old = backend_of(proxy, project, v1, backend)
+    assert old and (old["state"], old["live"]) == ("draining", 1), route
+    assert request(target(v1), timeout=5)[0] is False
+    assert stop.running()
+    slow.assert_in_flight("the drain was observed")
+
+    assert slow.wait(30) == (True, "v1")
+    assert stop.wait(30) == [first.id]
     assert project_containers(docker_client, project) == []
     assert route_of(proxy, project, v1) is None
     assert request(target(v1), timeout=2)[0] is False  # nothing listens any more
+    assert not any("drain timeout" in line for line in reporter.lines), reporter.lines
 
 
-def test_kill_removes_at_once(life, proxy, project, docker_client):
+def test_kill_removes_at_once(make_lifecycle, proxy, project, docker_client):
+    """kill does not wait: the container goes while a 60 s request is in flight (with a 60 s
+    drain timeout), and that request is cut."""
+    reporter = RecordingReporter()
+    life = make_lifecycle(reporter)
     v1 = make_component(tag="v1", drainTimeout=60)
-    life.update(v1)
-    results: dict = {}
-    slow = _slow_request(v1, 60, results)
+    first = life.update(v1).container
+    slow = SlowRequest(target(v1), 60)
     wait_for(lambda: sum(live_by_backend(proxy, project, v1).values()) == 1, 10,
              "the proxy to count the slow request")
-    life.stop(v1, kill=True)
-    slow.join(30)
-    assert results["slow"][0] is False  # cut, not waited for
+    slow.assert_in_flight("the kill began")
+    # A kill that waited would need the 60 s drain (or the request's 60 s); it gets 20.
+    assert Background(lambda: life.stop(v1, kill=True), "kill").wait(20) == [first.id]
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(first.id)
+    ok, why = slow.wait(20)
+    assert ok is False, why  # cut, not waited for
     assert project_containers(docker_client, project) == []
     assert route_of(proxy, project, v1) is None
+    assert not any("draining" in line for line in reporter.lines), reporter.lines
 
 
 def test_stop_without_containers_is_fine(life):

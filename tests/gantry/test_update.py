@@ -1,13 +1,13 @@
 """End-to-end: update, start and their failure paths against real Docker, registry and proxy."""
 from __future__ import annotations
 
-import threading
-
+import docker.errors
 import pytest
 
 import rig
-from gantry_helpers import (live_by_backend, make_component, project_containers, route_of,
-                            target, variant, wait_for)
+from gantry_helpers import (Background, RecordingReporter, SlowRequest, backend_of,
+                            forget_local_images, live_by_backend, make_component,
+                            project_containers, route_of, target, variant, wait_for)
 from gantry.errors import UpdateFailed
 from loadgen import Load, request
 
@@ -36,30 +36,45 @@ def test_update_under_load_has_no_failed_request(life, proxy, project, docker_cl
     assert route_of(proxy, project, v1)["backend"] in current.backends
 
 
-def test_slow_request_completes_on_the_old_container(life, proxy, project, docker_client):
-    v1 = make_component(tag="v1", drainTimeout=20)
+def test_slow_request_completes_on_the_old_container(make_lifecycle, proxy, project,
+                                                     docker_client):
+    """A slow request that started on v1 completes on v1 while new requests go to v2; v1 is
+    removed only after it. Deterministic: every observation is made while the request is
+    provably still in flight (10 s, far above the few seconds a switch takes)."""
+    reporter = RecordingReporter()
+    life = make_lifecycle(reporter)
+    v1 = make_component(tag="v1", drainTimeout=30)
     first = life.update(v1).container
-    results: dict = {}
-    slow = threading.Thread(
-        target=lambda: results.update(slow=request(target(v1), "/cgi-bin/slow?s=4")))
-    slow.start()
     (old_backend,) = first.backends
+    slow = SlowRequest(target(v1), 10)
     wait_for(lambda: live_by_backend(proxy, project, v1).get(old_backend) == 1, 10,
-             "the proxy to count the slow request")
-    update = threading.Thread(
-        target=lambda: results.update(deployment=life.update(variant(v1, tag="v2"))))
-    update.start()
+             "the proxy to count the slow request on v1")
+    update = Background(lambda: life.update(variant(v1, tag="v2")), "update")
     wait_for(lambda: request(target(v1))[1] == "v2", 15, "new requests to reach v2")
-    # Docker first, then the proxy: the old container existed while its request was live.
-    still_there = docker_client.containers.get(first.id).status == "running"
-    live_then = live_by_backend(proxy, project, v1).get(old_backend)
-    if live_then:  # the request was still in flight: the old container was still there
-        assert still_there
-    slow.join(30)
-    update.join(30)
-    assert results["slow"] == (True, "v1")
+
+    # While the slow request is in flight: v1 still runs, draining its one connection, and
+    # the update waits for it.
+    assert docker_client.containers.get(first.id).status == "running"
+    route = route_of(proxy, project, v1)
+    assert route["backend"] != old_backend
+    old = backend_of(proxy, project, v1, old_backend)
+    assert old and (old["state"], old["live"]) == ("draining", 1), route
+    (draining,) = [s for s in life.status(v1) if s.id == first.id]
+    assert draining.state == "draining" and draining.live == 1
+    assert update.running()
+    slow.assert_in_flight("the drain was observed")
+
+    assert slow.wait(30) == (True, "v1")
+    deployment = update.wait(30)
+    assert deployment.replaced == (first.id,)
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(first.id)
     assert [c.id for c in project_containers(docker_client, project)] == \
-        [results["deployment"].container.id]
+        [deployment.container.id]
+    assert backend_of(proxy, project, v1, old_backend) is None
+    assert request(target(v1)) == (True, "v2")
+    # v1 was removed after its drain ended, not at the drain timeout.
+    assert not any("drain timeout" in line for line in reporter.lines), reporter.lines
 
 
 FAILURES = {
@@ -127,3 +142,47 @@ def test_two_components_side_by_side(make_lifecycle, proxy, project, docker_clie
     assert request(target(api)) == (True, "v2")
     assert [c.labels["io.gantry.component"] for c in project_containers(docker_client, project)] \
         == ["api"]
+
+
+@pytest.fixture
+def private_repo(docker_client, registry, project):
+    """A repo of this test alone (so removing its local images disturbs no other test)."""
+    repo = f"{registry}/gantry-test/pull-{project}"
+    yield repo
+    forget_local_images(docker_client, repo)
+
+
+def test_update_pulls_the_resolved_digest(make_lifecycle, private_repo, docker_client):
+    reporter = RecordingReporter()
+    life = make_lifecycle(reporter)
+    ref = rig.build_image("v2", repo=private_repo, tag="v2")
+    forget_local_images(docker_client, private_repo)  # as on a host that never had it
+    digest = docker_client.images.get_registry_data(ref).id
+    assert digest.startswith("sha256:")
+
+    c = make_component(repo=private_repo, tag="v2")
+    deployment = life.update(c)
+    pinned = f"{private_repo}@{digest}"
+    assert deployment.image == pinned
+    assert f"web: pulled {pinned}" in reporter.lines, reporter.lines
+    container = docker_client.containers.get(deployment.container.id)
+    assert container.labels["io.gantry.image"] == pinned
+    assert container.attrs["Config"]["Image"] == pinned
+    assert request(target(c)) == (True, "v2")
+
+    # The tag moves in the registry (pushed from elsewhere): the next update resolves and
+    # pulls the new digest.
+    rig.build_image("v3", repo=private_repo, tag="v2")
+    forget_local_images(docker_client, private_repo)
+    moved = docker_client.images.get_registry_data(ref).id
+    assert moved != digest
+    reporter.lines.clear()
+    again = life.update(c)
+    pinned_moved = f"{private_repo}@{moved}"
+    assert again.image == pinned_moved
+    assert f"web: pulled {pinned_moved}" in reporter.lines, reporter.lines
+    assert again.replaced == (deployment.container.id,)
+    container = docker_client.containers.get(again.container.id)
+    assert container.labels["io.gantry.image"] == pinned_moved
+    assert container.attrs["Config"]["Image"] == pinned_moved
+    assert request(target(c)) == (True, "v3")
