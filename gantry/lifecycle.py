@@ -351,8 +351,8 @@ class Lifecycle:
         """``repo:tag`` -> ``repo@sha256:..`` via the registry (ImageError if it cannot).
 
         With ``allow_local``, an unreachable registry falls back (with a warning) to the local
-        image ``repo:tag``: its repo digest, else its image id -- fine on one host, but a fleet
-        must pin a registry digest every host can pull, so gantryd passes False.
+        image ``repo:tag``: its repo digest, else its image id. Only a repo digest can be pulled
+        by other hosts, so gantryd reports the warning to the operator who ran the update.
         """
         try:
             return self.runtime.resolve(component.repo, component.tag)
@@ -362,8 +362,6 @@ class Lifecycle:
                 raise
             self.reporter.warning(f"{registry_error}; using the local image {local}")
             return local
-
-    _resolve = resolve  # the name gantryd used first
 
     def _local_ref(self, component: Any) -> str | None:
         """A pinned reference to the local image ``repo:tag``, if there is one."""

@@ -48,6 +48,9 @@ def parse_address(text: object, *, what: str = "address", listen: bool = False) 
         host = str(ipaddress.ip_address(host))
     except ValueError:
         raise BadRequest(f"{what} {text!r}: host {host!r} is not an IP address") from None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    # ASCII digits only (str.isdigit() also takes '²' and other scripts' digits), and few
+    # of them: int() of thousands of digits raises.
+    if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5 \
+            or not 0 < int(port_text) < 65536:
         raise BadRequest(f"{what} {text!r}: port must be 1-65535")
     return Address(host, int(port_text))

@@ -113,7 +113,16 @@ class ProxyClient:
         route; answers `{"drained", "live", "closed"}`."""
         body = {"backend": backend, "timeout": timeout, "close": close}
         return self._call("POST", f"/routes/{quote(name, safe='')}/drain", body,
-                          timeout=timeout + self.timeout)
+                          timeout=self._wait_timeout(timeout))
+
+    def _wait_timeout(self, timeout: Any) -> float:
+        """Socket timeout of a long poll of `timeout` s; the daemon rejects bad values (400),
+        so a NaN, negative or huge one must not break the socket first."""
+        try:
+            total = float(timeout) + self.timeout
+        except (TypeError, ValueError, OverflowError):
+            return self.timeout
+        return min(total, 1e7) if total > 0 else self.timeout  # NaN > 0 is False
 
 
 def ensure_running(socket_path: str | None = None, state_path: str | None = None,

@@ -36,8 +36,11 @@ class ControlResource(resource.Resource):
         return server.NOT_DONE_YET
 
     async def _dispatch(self, request: server.Request) -> Any:
-        method = request.method.decode()
-        parts = [p.decode() for p in request.postpath]
+        method = request.method.decode("ascii", "replace")
+        try:
+            parts = [p.decode() for p in request.postpath]
+        except UnicodeDecodeError:
+            raise BadRequest("the path is not UTF-8") from None
         if parts and parts[-1] == "":
             parts.pop()
         if parts == ["ping"] and method == "GET":
@@ -70,8 +73,8 @@ class ControlResource(resource.Resource):
         if failure.check(RouteError):
             self._answer(request, failure.value.status, {"error": str(failure.value)})
         else:
-            log.error("control request %s %s failed", request.method.decode(),
-                      request.path.decode(), exc_info=failure.value)
+            log.error("control request %s %s failed", request.method.decode("ascii", "replace"),
+                      request.path.decode("utf-8", "replace"), exc_info=failure.value)
             self._answer(request, 500, {"error": f"internal error: {failure.value!r}"})
 
 
@@ -81,6 +84,8 @@ def _json_body(request: server.Request) -> Any:
         return json.loads(raw or b"null")
     except ValueError as e:
         raise BadRequest(f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("body is not valid JSON: nested too deeply") from None
 
 
 class _QuietSite(server.Site):

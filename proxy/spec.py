@@ -34,12 +34,17 @@ def _object(body: Any, what: str, allowed: set[str]) -> dict[str, Any]:
 def _seconds(value: Any, what: str, *, allow_null: bool, allow_zero: bool) -> float | None:
     if value is None and allow_null:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (value == 0 and not allow_zero):
+    number = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            pass
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
         kind = ">= 0" if allow_zero else "> 0"
         raise BadRequest(f"{what} must be a number of seconds {kind}"
                          f"{' or null' if allow_null else ''}, got {value!r}")
-    return float(value)
+    return number
 
 
 @dataclass(frozen=True)

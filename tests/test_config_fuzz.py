@@ -154,9 +154,9 @@ def _locations(node: Any) -> list[tuple[Any, Any]]:
     return found
 
 
-@FUZZ
-@given(valid_configs(), st.data())
-def test_mutated_valid_configs_only_raise_config_error(data: dict[str, Any], draw: st.DataObject):
+def mutate(data: Any, draw: st.DataObject) -> Any:
+    """A deep copy of ``data`` with 1-3 random mutations (drop, replace, insert, wrap in a
+    list, stringify) anywhere in the tree (also used by tests/test_bad_input.py)."""
     mutated = copy.deepcopy(data)
     for _ in range(draw.draw(st.integers(1, 3))):
         locations = _locations(mutated)
@@ -177,4 +177,10 @@ def test_mutated_valid_configs_only_raise_config_error(data: dict[str, Any], dra
             container[key] = [container[key]]
         else:
             container[key] = json.dumps(container[key])
-    parses_or_config_error(mutated)
+    return mutated
+
+
+@FUZZ
+@given(valid_configs(), st.data())
+def test_mutated_valid_configs_only_raise_config_error(data: dict[str, Any], draw: st.DataObject):
+    parses_or_config_error(mutate(data, draw))

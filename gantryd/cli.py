@@ -1,0 +1,356 @@
+"""`gantryd`: the fleet CLI and the per-host daemon (`run`).
+
+    gantryd [--etcd HOST:PORT[,HOST:PORT...]] [--prefix /gantryd] COMMAND PROJECT ...
+
+Exit codes: 0 ok; 1 failure (etcd, Docker, a failed rollout for `wait`); 2 usage or invalid
+config; 2 also for `wait` timing out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Sequence
+
+from gantry.config import ConfigError, load_config
+from gantry.progress import Reporter
+
+from . import etcd as E
+from . import rollout
+from .keys import DEFAULT_PREFIX, check_segment
+from .store import Desired, Store, StoreError, now_iso
+
+log = logging.getLogger("gantryd")
+
+ENV_ETCD = "GANTRYD_ETCD"
+ENV_PREFIX = "GANTRYD_PREFIX"
+ENV_PASSWORD = "GANTRYD_ETCD_PASSWORD"
+DEFAULT_ETCD = "127.0.0.1:2379"
+
+
+class UsageError(Exception):
+    """Bad arguments that argparse cannot see (exit 2)."""
+
+
+# -- argument parsing ------------------------------------------------------------------------
+
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Connection options, accepted before and after the command.
+
+    On subcommands the defaults are SUPPRESSed so they do not overwrite a value given
+    before the command (argparse copies subparser defaults over the namespace).
+    """
+    d = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    g = parser.add_argument_group("etcd")
+    g.add_argument("--etcd", default=d(None), metavar="HOST:PORT[,...]",
+                   help=f"etcd endpoints (env {ENV_ETCD}; default {DEFAULT_ETCD})")
+    g.add_argument("--prefix", default=d(None),
+                   help=f"key prefix (env {ENV_PREFIX}; default {DEFAULT_PREFIX})")
+    g.add_argument("--ca-cert", default=d(None), help="CA certificate file (TLS)")
+    g.add_argument("--cert", default=d(None), help="client certificate file (TLS)")
+    g.add_argument("--key", default=d(None), help="client key file (TLS)")
+    g.add_argument("--user", default=d(None), help="etcd user")
+    g.add_argument("--password", default=d(None),
+                   help=f"etcd password (better: env {ENV_PASSWORD})")
+    g.add_argument("--etcd-timeout", type=float, default=d(3.0), help="per request, seconds")
+    parser.add_argument("-v", "--verbose", action="count", default=d(0))
+
+
+def _components(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("-c", "--components", nargs="+", required=required, metavar="COMP",
+                   help="component names")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gantryd", description="Progressive rollouts across hosts, coordinated by etcd.")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        _common(p, top=False)
+        p.add_argument("project", help="project name")
+        return p
+
+    p = command("setconfig", "validate a config file and store it in etcd")
+    p.add_argument("file", help="config file (.gantry JSON or YAML)")
+    command("getconfig", "print the stored config (JSON)")
+    p = command("update", "pin each component's image by digest and roll it out")
+    _components(p)
+    p.add_argument("--docker", default=None, help="Docker engine URL (default: environment)")
+    p = command("run", "run the per-host daemon for these components (blocks)")
+    _components(p)
+    p.add_argument("--machine", default=None, help="this host's name (default: hostname)")
+    p.add_argument("--proxy-socket", default=None, help="gantry-proxy control socket")
+    p.add_argument("--proxy-bind", default=None,
+                   help="address the proxy listens on for component ports (e.g. 127.0.0.2)")
+    p.add_argument("--proxy-state", default=None, help="proxy state file (started if needed)")
+    p.add_argument("--lease-ttl", type=int, default=15, help="lease TTL, seconds (default 15)")
+    p.add_argument("--docker", default=None, help="Docker engine URL (default: environment)")
+    p = command("list", "show the desired state and every host's status")
+    _components(p, required=False)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command("stop", "drain and stop the components on every host")
+    _components(p)
+    p = command("kill", "kill the components on every host (no drain)")
+    _components(p)
+    p = command("wait", "block until the rollout is done (0), failed (1) or timed out (2)")
+    _components(p)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    return parser
+
+
+def connect(args: argparse.Namespace) -> E.Etcd:
+    endpoints = E.parse_endpoints(args.etcd or os.environ.get(ENV_ETCD) or DEFAULT_ETCD)
+    creds = E.Credentials(ca_cert=args.ca_cert, cert_key=args.key, cert_cert=args.cert,
+                          user=args.user,
+                          password=args.password or os.environ.get(ENV_PASSWORD))
+    if (creds.cert_key is None) != (creds.cert_cert is None):
+        raise UsageError("--cert and --key go together")
+    if creds.user and not creds.password:
+        raise UsageError(f"--user needs a password (--password or env {ENV_PASSWORD})")
+    return E.Etcd(endpoints, creds, timeout=args.etcd_timeout)
+
+
+def open_store(args: argparse.Namespace, etcd: E.Etcd) -> Store:
+    try:
+        return Store(etcd, args.project, args.prefix or os.environ.get(ENV_PREFIX)
+                     or DEFAULT_PREFIX)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# -- commands --------------------------------------------------------------------------------
+
+def cmd_setconfig(args, store: Store) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print("Configuration not stored.", file=sys.stderr)
+        return 2
+    store.set_config(config)
+    print("Configuration updated")
+    return 0
+
+
+def cmd_getconfig(args, store: Store) -> int:
+    data = store.config_json()
+    if data is None:
+        print(f"project {store.project} has no configuration", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2, sort_keys=False))
+    return 0
+
+
+class _Notes(Reporter):
+    """Collects the lifecycle's warnings (e.g. "registry down, using the local image")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warnings: list[str] = []
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def resolve_image(docker_client, project: str, component) -> tuple[str, list[str]]:
+    """`repo:tag` -> `repo@sha256:...` the way gantry does it (registry first, the local
+    image only when the registry cannot be asked); answers the warnings too."""
+    from gantry.lifecycle import Host, Lifecycle
+    notes = _Notes()
+    host = Host(docker_client, None, project, machine="-", origin="gantryd", reporter=notes)
+    # Resolution needs no proxy; reuse gantry's rule rather than a copy of it.
+    return Lifecycle(host).resolve(component), notes.warnings
+
+
+def cmd_update(args, store: Store) -> int:
+    from gantry.runtime import connect as docker_connect
+    config = store.require_config()
+    components = {name: config.component(name) for name in args.components}
+    for name in components:  # an unreadable desired state fails here, before Docker is asked
+        store.desired(name)
+    docker_client = docker_connect(args.docker)
+    pinned = {}
+    try:
+        for name, comp in components.items():
+            pinned[name], notes = resolve_image(docker_client, store.project, comp)
+            for note in notes:
+                print(f"warning: {name}: {note}", file=sys.stderr)
+    finally:
+        docker_client.close()
+
+    def change(name: str, current: Desired | None) -> Desired:
+        comp = components[name]
+        return Desired(status="ready", revision=(current.revision if current else 0) + 1,
+                       image=pinned[name], config_hash=comp.spec_hash(),
+                       component=comp.to_dict(), updated_at=now_iso())
+    for name, desired in store.change_desired(args.components, change).items():
+        print(f"Component {name} -> {desired.image} (revision {desired.revision})")
+    return 0
+
+
+def _set_status(store: Store, names: Sequence[str], status: str) -> int:
+    missing = [n for n in names if store.desired(n) is None]
+    if missing:
+        print(f"no desired state for {', '.join(missing)} (never updated)", file=sys.stderr)
+        return 1
+
+    def change(name: str, current: Desired | None) -> Desired:
+        assert current is not None
+        return Desired(status=status, revision=current.revision + 1, image=current.image,
+                       config_hash=current.config_hash, component=current.component,
+                       updated_at=now_iso())
+    for name, desired in store.change_desired(names, change).items():
+        print(f"Component {name} -> {status} (revision {desired.revision})")
+    return 0
+
+
+def cmd_stop(args, store: Store) -> int:
+    return _set_status(store, args.components, "stopped")
+
+
+def cmd_kill(args, store: Store) -> int:
+    return _set_status(store, args.components, "killed")
+
+
+def _component_names(args, store: Store) -> list[str]:
+    if args.components:
+        return list(args.components)
+    return list(store.require_config().names)
+
+
+def _short(image: str | None) -> str:
+    """`repo@sha256:<12 hex>`: enough to tell versions apart (--json has it all)."""
+    if not image:
+        return "-"
+    repo, sep, digest = image.partition("@sha256:")
+    return f"{repo}@sha256:{digest[:12]}" if sep else image
+
+
+def cmd_list(args, store: Store) -> int:
+    from tabulate import tabulate
+    names = _component_names(args, store)
+    rows, hosts, out = [], [], {}
+    for name in names:
+        desired = store.desired(name)
+        machines = store.machines(name)
+        out[name] = {"desired": desired.to_json() if desired else None,
+                     "machines": [m.to_json() for m in machines]}
+        status = "-" if desired is None else (
+            f"halted ({desired.halted.machine})" if desired.is_halted and desired.halted
+            else desired.status)
+        rows.append([name, status, _short(desired.image if desired else None)])
+        for m in machines:
+            hosts.append([m.machine, name, m.status, _short(m.image), m.since or "-",
+                          m.error or ""])
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(tabulate(rows, headers=["COMPONENT", "STATUS", "IMAGE ID"]))
+    print()
+    print(tabulate(hosts, headers=["MACHINE", "COMPONENT", "STATUS", "IMAGE", "SINCE", "ERROR"])
+          if hosts else "(no live host)")
+    return 0
+
+
+def cmd_wait(args, store: Store) -> int:
+    """Re-evaluate on every change under the project (watch), never by polling."""
+    changed = threading.Event()
+    watch = store.watch(lambda batch: changed.set())  # before the first read: no lost change
+    deadline = time.monotonic() + args.timeout
+    try:
+        while True:
+            changed.clear()
+            states = {n: rollout.progress(store.desired(n), store.machines(n))
+                      for n in args.components}
+            failed = [(n, p.failed) for n, p in states.items() if p.failed]
+            if failed:
+                for name, (machine, error) in failed:
+                    print(f"{name}: rollout failed on {machine}: {error}", file=sys.stderr)
+                return 1
+            if all(p.done for p in states.values()):
+                for name, p in states.items():
+                    if p.canaries:
+                        print(f"{name}: left out canary hosts: {', '.join(p.canaries)}")
+                return 0
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not changed.wait(remaining):
+                for name, p in states.items():
+                    if not p.done:
+                        what = ", ".join(p.pending) if p.pending else "no live host"
+                        print(f"{name}: timed out waiting for {what}", file=sys.stderr)
+                return 2
+    finally:
+        watch.cancel()
+
+
+def cmd_run(args, store: Store) -> int:
+    from . import daemon
+    machine = args.machine or socket.gethostname()
+    try:
+        check_segment("machine", machine)
+    except ValueError as exc:
+        raise UsageError(f"{exc} (use --machine)") from None
+    try:
+        if store.config() is None:  # not an error: hosts may start before the first setconfig
+            log.warning("project %s has no configuration yet (gantryd setconfig %s FILE); "
+                        "waiting for one", store.project, store.project)
+    except (E.EtcdError, StoreError):
+        pass  # the daemon's loop reports it
+    return daemon.run(store, args.components, machine=machine, proxy_socket=args.proxy_socket,
+                      proxy_bind=args.proxy_bind, proxy_state=args.proxy_state,
+                      lease_ttl=args.lease_ttl, docker_url=args.docker)
+
+
+COMMANDS = {
+    "setconfig": cmd_setconfig, "getconfig": cmd_getconfig, "update": cmd_update,
+    "run": cmd_run, "list": cmd_list, "stop": cmd_stop, "kill": cmd_kill, "wait": cmd_wait,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose > 1 else logging.INFO if (
+        args.verbose or args.command == "run") else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:  # gRPC / docker chatter is noise unless debugging
+        for noisy in ("urllib3", "docker"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    etcd = None
+    try:
+        etcd = connect(args)
+        store = open_store(args, etcd)
+        return COMMANDS[args.command](args, store)
+    except UsageError as exc:
+        parser.error(str(exc))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (E.EtcdError, StoreError) as exc:
+        print(f"gantryd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from gantry.errors import GantryError
+        if isinstance(exc, GantryError):
+            print(f"gantryd: {exc}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        if etcd is not None:
+            etcd.close()
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""`gantryd run`: the per-host daemon.
+
+One loop per host: wake up on an etcd watch event (desired state or a rollout slot of one of
+our components changed), or on the periodic self-check, then reconcile every component:
+read the desired state, look at the live container (Docker labels + proxy), decide
+(gantryd.rollout.decide) and act through gantry's lifecycle. etcd trouble never touches the
+containers or the proxy: the loop backs off (capped) and carries on when etcd answers.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+from gantry.errors import GantryError, RouteError
+
+from . import etcd as E
+from . import rollout as R
+from .store import Desired, MachineStatus, Slot, Store, StoreError, now_iso
+
+log = logging.getLogger("gantryd.daemon")
+
+RESYNC_INTERVAL = 30.0  # self-check without any event (a container that died, missed events)
+BACKOFF_START, BACKOFF_MAX = 0.25, 5.0
+
+
+@dataclass
+class _Outcome:
+    """A finished lifecycle run whose etcd writes are still to be done (retried until done)."""
+
+    slot: Slot
+    desired: Desired
+    error: str | None
+
+
+class Daemon:
+    """Keeps `components` of one project on this host as etcd says.
+
+    `lifecycle`: a gantry.lifecycle.Lifecycle of this host (origin "gantryd").
+    """
+
+    def __init__(self, store: Store, components: Sequence[str], machine: str, lifecycle: Any,
+                 lease_ttl: int = 15, resync_interval: float = RESYNC_INTERVAL,
+                 repair: Callable[[], None] | None = None):
+        self.store = store
+        self.components = list(dict.fromkeys(components))
+        self.machine = machine
+        self.lifecycle = lifecycle
+        self.lease_ttl = lease_ttl
+        self.resync_interval = resync_interval
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.lease: E.Lease | None = None
+        self.reported: dict[str, MachineStatus] = {}
+        self.outcomes: dict[str, _Outcome] = {}
+        self.canary: dict[str, int] = {}  # component -> desired revision when first seen
+        self.recovered: set[str] = set()
+        self.repair = repair  # restarts the local proxy when it stopped answering
+        self._problem: str | None = None
+        self._watch: E.Watch | None = None
+        self._docker_events: Any = None
+
+    # -- wiring ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def _on_watch(self, batch: E.WatchBatch) -> None:
+        if batch.resync:
+            self.wake.set()
+            return
+        for event in batch.events:
+            ref = self.store.keys.parse(event.key)
+            if ref.component in self.components and ref.kind in ("desired", "lock"):
+                self.wake.set()
+                return
+            if ref.component in self.components and ref.kind == "machines" \
+                    and ref.rest == self.machine and event.kind == "delete":
+                self.wake.set()  # our status vanished (lease expired): report again
+                return
+
+    def _on_watch_state(self, up: bool) -> None:
+        # Up: changes made while we were cut off are replayed; re-check anyway.
+        # Down: find out (and say) whether etcd is gone, instead of idling unaware.
+        self.wake.set()
+
+    def _watch_docker(self) -> None:
+        """Wake up when a container of ours starts or dies (a local `gantry update`, a
+        crash): Docker's event stream, filtered by our labels, instead of polling."""
+        from gantry import labels as L
+        client = self.lifecycle.runtime.client
+        filters = {"type": "container", "label": L.selector(self.store.project, self.machine)}
+        while not self.stopping.is_set():
+            try:
+                self._docker_events = client.events(decode=True, filters=filters)
+                for event in self._docker_events:
+                    attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                    if event.get("status") in ("start", "die", "destroy") and \
+                            attrs.get(L.COMPONENT) in self.components:
+                        self.wake.set()
+            except Exception as exc:  # the engine restarted, or we are stopping
+                log.debug("docker event stream ended: %s", exc)
+            self.stopping.wait(1.0)
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self) -> None:
+        log.info("gantryd %s: managing %s of project %s", self.machine,
+                 ", ".join(self.components), self.store.project)
+        self._watch = self.store.watch(self._on_watch, on_state=self._on_watch_state)
+        threading.Thread(target=self._watch_docker, name="docker-events", daemon=True).start()
+        delay = BACKOFF_START
+        try:
+            while not self.stopping.is_set():
+                self.wake.clear()
+                try:
+                    self._ensure_lease()
+                    for component in self.components:
+                        if self.stopping.is_set():
+                            break
+                        self._finish(component)
+                        self.reconcile(component)
+                    self._healthy()
+                    delay = BACKOFF_START
+                    self.wake.wait(self.resync_interval)
+                except Exception as exc:  # never die on one bad turn: retry with backoff
+                    self._trouble(exc)
+                    if isinstance(exc, RouteError) and self.repair is not None:
+                        self._repair()
+                    self.stopping.wait(delay)
+                    delay = min(delay * 2, BACKOFF_MAX)
+        finally:
+            self._shutdown()
+
+    def _trouble(self, exc: Exception) -> None:
+        """Log a problem once per change of state, not per retry."""
+        kind = "etcd" if isinstance(exc, E.EtcdUnavailable) else type(exc).__name__
+        message = f"{kind}: {exc}"
+        if kind != (self._problem or "").split(":", 1)[0] or (
+                kind != "etcd" and message != self._problem):
+            if isinstance(exc, E.EtcdUnavailable):
+                log.warning("etcd unreachable (%s); containers keep serving, retrying", exc)
+            elif isinstance(exc, (E.EtcdError, StoreError, GantryError, OSError)):
+                log.warning("%s; retrying", message)
+            else:  # a bug: show where
+                log.exception("unexpected error; retrying")
+            self._problem = message
+
+    def _repair(self) -> None:
+        try:
+            self.repair()
+        except Exception as exc:  # reported by the next failing call anyway
+            log.debug("proxy restart failed: %s", exc)
+
+    def _healthy(self) -> None:
+        if self._problem is not None:
+            log.info("back to normal (was: %s)", self._problem)
+            self._problem = None
+
+    def _shutdown(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._docker_events is not None:
+            try:
+                self._docker_events.close()
+            except Exception:  # closing a broken stream: nothing left to do
+                pass
+        if self.lease is not None:
+            # Our status keys and any slot vanish at once instead of after the TTL.
+            self.lease.revoke()
+        log.info("gantryd %s stopped; containers and proxy keep running", self.machine)
+
+    def _ensure_lease(self) -> None:
+        if self.lease is not None and self.lease.alive:
+            return
+        if self.lease is not None:
+            log.warning("lease %x lost; taking a new one", self.lease.id)
+            self.lease.abandon()
+        self.lease = self.store.etcd.lease(self.lease_ttl)
+        self.reported.clear()  # the status keys went with the old lease: write them again
+
+    # -- reconcile -------------------------------------------------------------------------
+    def _live(self, component: str) -> R.Live | None:
+        current = self.lifecycle.current(component)
+        if current is None:
+            return None
+        return R.Live(image=current.image, config_hash=current.config_hash,
+                      origin=current.origin, running=current.state == "running")
+
+    def _recover_once(self, desired: Desired | None, component: str) -> None:
+        """After a (re)start: let gantry finish or clean up what a killed process left."""
+        if component in self.recovered or desired is None or desired.component is None:
+            return
+        self.lifecycle.recover(desired.model())
+        self.recovered.add(component)
+
+    def reconcile(self, component: str) -> None:
+        if component in self.outcomes:
+            return  # its last outcome is not recorded yet
+        desired = self.store.desired(component)
+        self._recover_once(desired, component)
+        live = self._live(component)
+        decision = R.decide(desired, live, self.machine, self._canary_seen(component, live))
+        if decision.canary_revision is not None:
+            self.canary[component] = decision.canary_revision
+        revision = desired.revision if desired else 0
+        if decision.action == R.DEPLOY:
+            assert desired is not None
+            self._deploy(component, desired, live)
+        elif decision.action in (R.STOP, R.KILL):
+            assert desired is not None
+            self.report(component, "stopping", revision, live, decision.reason)
+            self.lifecycle.stop(desired.model(), kill=decision.action == R.KILL)
+            self.report(component, desired.status, revision, None)
+        else:
+            error = decision.reason if decision.action in (R.WAIT,) else None
+            self.report(component, decision.status, revision, live, error)
+
+    def _canary_seen(self, component: str, live: R.Live | None) -> int | None:
+        """The desired revision current when the local canary was first seen (remembered
+        across our restarts through our last status, while its lease lives)."""
+        if live is None or live.origin != R.ORIGIN_LOCAL:
+            self.canary.pop(component, None)
+            return None
+        if component not in self.canary:
+            try:
+                previous = self.store.machine(component, self.machine)
+            except StoreError:
+                previous = None
+            if previous is not None and previous.canary_revision is not None:
+                self.canary[component] = previous.canary_revision
+        return self.canary.get(component)
+
+    def _deploy(self, component: str, desired: Desired, live: R.Live | None) -> None:
+        assert desired.image is not None and self.lease is not None
+        # Pull outside the slot: pulls of several hosts overlap, slots are held only for
+        # the switch itself.
+        try:
+            if not self.lifecycle.runtime.has_image(desired.image):
+                self.report(component, "pulling", desired.revision, live)
+                self.lifecycle.runtime.pull(desired.image)
+        except GantryError as exc:
+            self._fail(component, desired, live, f"pull failed: {exc}")
+            return
+        try:
+            slot = self.store.acquire_slot(component, desired, self.machine, self.lease.id)
+        except StoreError:
+            self.wake.set()  # desired changed under us: decide again
+            return
+        if slot is None:
+            self.report(component, "waiting", desired.revision, live,
+                        "waiting for a rollout slot")
+            return  # a slot's release (watch on lock/) wakes us up
+        log.info("%s: slot %d taken; updating to %s", component, slot.index, desired.image)
+        self.report(component, "updating", desired.revision, live)
+        error = None
+        try:
+            self.lifecycle.update(desired.model(), image=desired.image)
+        except GantryError as exc:
+            error = str(exc)
+            log.error("%s: update failed: %s", component, error)
+        self.outcomes[component] = _Outcome(slot, desired, error)
+        self._finish(component)
+
+    def _fail(self, component: str, desired: Desired, live: R.Live | None, error: str) -> None:
+        log.error("%s: %s", component, error)
+        if self.store.halt(component, desired, self.machine, error):
+            log.warning("%s: rollout of revision %d halted fleet-wide", component,
+                        desired.revision)
+        self.report(component, "failed", desired.revision, live, error)
+
+    def _finish(self, component: str) -> None:
+        """Record a lifecycle outcome in etcd: halt on failure, status, free the slot."""
+        outcome = self.outcomes.get(component)
+        if outcome is None:
+            return
+        live = self._live(component)
+        if outcome.error is not None:
+            self._fail(component, outcome.desired, live, outcome.error)
+        else:
+            self.report(component, "ready", outcome.desired.revision, live)
+        kept = self.store.release_slot(outcome.slot, self.machine,
+                                       "failed" if outcome.error else "released",
+                                       detail=outcome.error)
+        if not kept:
+            log.warning("%s: our rollout slot had expired before we released it", component)
+        del self.outcomes[component]
+        self.wake.set()  # look again: the desired state may have moved on meanwhile
+
+    # -- status ----------------------------------------------------------------------------
+    def report(self, component: str, status: str, revision: int, live: R.Live | None,
+               error: str | None = None) -> None:
+        """Write our status for `component` (on our lease) when it changed."""
+        assert self.lease is not None
+        new = MachineStatus(machine=self.machine, status=status, revision=revision,
+                            image=live.image if live else None,
+                            config_hash=live.config_hash if live else None,
+                            error=error, canary_revision=self.canary.get(component))
+        old = self.reported.get(component)
+        if old is not None and replace(old, since="") == new:
+            return
+        new = replace(new, since=now_iso() if old is None or old.status != status
+                      else old.since)
+        self.store.put_machine(component, new, self.lease.id)
+        if old is None or old.status != status:
+            log.info("%s: %s%s", component, status, f" ({error})" if error else "")
+        self.reported[component] = new
+
+
+def _log_reporter():
+    from gantry.progress import Reporter
+    return Reporter()  # lifecycle steps go to the "gantry.progress" logger
+
+
+def run(store: Store, components: Sequence[str], machine: str, proxy_socket: str | None = None,
+        proxy_bind: str | None = None, proxy_state: str | None = None, lease_ttl: int = 15,
+        docker_url: str | None = None) -> int:
+    """Entry point of `gantryd run`: build the host's lifecycle, run until SIGTERM/SIGINT."""
+    from gantry.lifecycle import Host, Lifecycle
+    from gantry.runtime import connect as docker_connect
+    from proxy.client import ensure_running
+
+    try:
+        config = store.config()
+    except (E.EtcdError, StoreError):
+        config = None  # etcd is down or the config unreadable: the loop will say so
+    if config is not None:  # catch typos early; a component may also be added later
+        unknown = [c for c in components if c not in config.names]
+        if unknown:
+            log.warning("components %s are not in the stored config (yet)", ", ".join(unknown))
+    docker_client = docker_connect(docker_url)
+    proxy_client = ensure_running(proxy_socket, proxy_state)
+    host = Host(docker_client, proxy_client, store.project, machine,
+                proxy_bind=proxy_bind or "0.0.0.0", origin="gantryd", reporter=_log_reporter())
+    daemon = Daemon(store, components, machine, Lifecycle(host), lease_ttl=lease_ttl,
+                    repair=lambda: ensure_running(proxy_socket, proxy_state))
+    _on_signals(daemon.stop)
+    daemon.run()
+    return 0
+
+
+def _on_signals(handler: Callable[[], None]) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals are only delivered to the main thread
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: handler())

@@ -1,0 +1,112 @@
+"""The etcd key layout of one project (docs/fleet.md, "Keys").
+
+```
+<prefix>/projects/<p>/config                                  validated config (JSON)
+<prefix>/projects/<p>/components/<c>/desired                  desired state (JSON)
+<prefix>/projects/<p>/components/<c>/machines/<m>             host status, on the host's lease
+<prefix>/projects/<p>/components/<c>/lock/<slot>              rollout slot, on the holder's lease
+<prefix>/projects/<p>/components/<c>/history/<revision>       desired state of each revision
+<prefix>/projects/<p>/components/<c>/events/<revision>/<id>   slot acquired/released, failures
+```
+Revisions in keys are zero-padded so that key order is numeric order.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "/gantryd"
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+
+
+def check_segment(what: str, value: str) -> str:
+    """A project, component or machine name must be one safe key segment."""
+    if not _SEGMENT.match(value or ""):
+        raise ValueError(f"bad {what} name {value!r}: use letters, digits, '_', '.', '-', '@'")
+    return value
+
+
+def normalize_prefix(prefix: str) -> str:
+    prefix = "/" + prefix.strip().strip("/")
+    if prefix == "/":
+        raise ValueError("the key prefix must not be empty")
+    return prefix
+
+
+def _rev(n: int) -> str:
+    return f"{n:012d}"
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    """What a key under a project is about (see Keys.parse)."""
+
+    component: str | None
+    kind: str  # config | desired | machines | lock | history | events | other
+    rest: str = ""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names of one project under `prefix`."""
+
+    project: str
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        check_segment("project", self.project)
+        object.__setattr__(self, "prefix", normalize_prefix(self.prefix))
+
+    @property
+    def root(self) -> str:
+        """Every key of the project starts with this (trailing slash included)."""
+        return f"{self.prefix}/projects/{self.project}/"
+
+    @property
+    def config(self) -> str:
+        return self.root + "config"
+
+    def component(self, c: str) -> str:
+        return f"{self.root}components/{check_segment('component', c)}/"
+
+    def desired(self, c: str) -> str:
+        return self.component(c) + "desired"
+
+    def machines(self, c: str) -> str:
+        return self.component(c) + "machines/"
+
+    def machine(self, c: str, m: str) -> str:
+        return self.machines(c) + check_segment("machine", m)
+
+    def locks(self, c: str) -> str:
+        return self.component(c) + "lock/"
+
+    def lock(self, c: str, slot: int) -> str:
+        return f"{self.locks(c)}{slot}"
+
+    def history(self, c: str) -> str:
+        return self.component(c) + "history/"
+
+    def history_entry(self, c: str, revision: int) -> str:
+        return self.history(c) + _rev(revision)
+
+    def events(self, c: str) -> str:
+        return self.component(c) + "events/"
+
+    def events_of(self, c: str, revision: int) -> str:
+        return f"{self.events(c)}{_rev(revision)}/"
+
+    def parse(self, key: str) -> KeyRef:
+        """Classify a key of this project (for watch filtering)."""
+        if not key.startswith(self.root):
+            return KeyRef(None, "other", key)
+        rel = key[len(self.root):]
+        if rel == "config":
+            return KeyRef(None, "config")
+        parts = rel.split("/", 3)
+        if len(parts) >= 3 and parts[0] == "components":
+            kind = parts[2] if parts[2] in ("desired", "machines", "lock", "history",
+                                            "events") else "other"
+            return KeyRef(parts[1], kind, parts[3] if len(parts) > 3 else "")
+        return KeyRef(None, "other", rel)
