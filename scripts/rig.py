@@ -38,15 +38,29 @@ class RigError(RuntimeError):
     """A service of the rig could not be started."""
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> None:
-    """Poll ``predicate`` until it returns true, or raise RigError after ``timeout`` seconds."""
+class WaitTimeout(AssertionError):
+    """A condition polled with a deadline never came true (an AssertionError, for tests)."""
+
+
+def wait_for(predicate, timeout: float = 10, what: str = "condition", interval: float = 0.05):
+    """Poll ``predicate`` until it answers something truthy and answer that value; raise
+    WaitTimeout after ``timeout`` seconds. The one deadline-poll of the tests, rig and demo."""
     deadline = time.monotonic() + timeout
     while True:
-        if predicate():
-            return
+        value = predicate()
+        if value:
+            return value
         if time.monotonic() > deadline:
-            raise RigError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> None:
+    """wait_for for the rig's services: a timeout is a RigError (the rig could not start)."""
+    try:
+        wait_for(predicate, timeout, what, interval)
+    except WaitTimeout as e:
+        raise RigError(str(e)) from None
 
 
 def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen:
@@ -57,10 +71,10 @@ def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def free_port() -> int:
-    """A TCP port on loopback that is free right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` (loopback) that is free right now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import docker.errors
 
 import rig  # tests/conftest.py puts scripts/ on sys.path
+from rig import wait_for  # noqa: F401  (re-exported to the tests)
 from gantry.config import Component, parse_config
 from gantry.progress import Reporter
 from loadgen import request
@@ -21,16 +22,6 @@ from proxy.client import ProxyClient
 MACHINE = "test-machine"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
-    """Poll until ``predicate()`` is truthy; answer its value (no sleeps as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 class RecordingReporter(Reporter):

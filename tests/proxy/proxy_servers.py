@@ -10,26 +10,13 @@ import threading
 import time
 from typing import Callable
 
+from rig import free_port, wait_for  # noqa: F401  (scripts/, on sys.path via tests/conftest.py)
+
 LOOPBACK = "127.0.0.1"
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
-             what: str = "condition") -> object:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class EchoServer:
