@@ -10,7 +10,7 @@ from twisted.internet import defer, error
 from proxy.address import Address
 from proxy.backend import ACTIVE, DRAINING, Backend
 from proxy.errors import Conflict
-from proxy.forward import ListenerFactory
+from proxy.forward import ListenerFactory, listen
 from proxy.spec import RouteSpec
 
 log = logging.getLogger("proxy.route")
@@ -55,8 +55,8 @@ class Route:
     # -- listening ------------------------------------------------------------------------
     def _bind(self, address: Address) -> Any:
         try:
-            return self.reactor.listenTCP(address.port, self._factory, backlog=LISTEN_BACKLOG,
-                                          interface=address.host)
+            return listen(self.reactor, address.port, self._factory, LISTEN_BACKLOG,
+                          address.host)
         except error.CannotListenError as e:
             raise Conflict(f"cannot listen on {address}: {e.socketError}") from None
 

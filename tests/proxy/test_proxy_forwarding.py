@@ -134,6 +134,28 @@ def test_backend_refused_closes_client_and_counts_error(proxy):
     assert (b["opened"], b["closed"], b["errors"]) == (1, 1, 1)
 
 
+def test_backend_connect_timeout_closes_client_and_counts_error(proxy):
+    # A backend whose accept queue is full drops further SYNs: the connect hangs until the
+    # proxy's connect timeout (5 s) gives up on it.
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    queued = [socket.socket() for _ in range(4)]
+    for s in queued:
+        s.setblocking(False)
+        s.connect_ex(listener.getsockname())
+    try:
+        listen = _route(proxy, f"127.0.0.1:{listener.getsockname()[1]}")
+        with connect(listen) as sock:
+            sock.settimeout(15)
+            assert sock.recv(10) == b""
+        b = wait_for(lambda: (r := proxy.client.route("r"))["backends"][0]["live"] == 0
+                     and r)["backends"][0]
+        assert (b["opened"], b["closed"], b["errors"]) == (1, 1, 1)
+    finally:
+        for s in queued:
+            s.close()
+        listener.close()
+
+
 def test_switch_keeps_existing_connection_on_old_backend(proxy, echo_pair):
     a, b = echo_pair
     listen = _route(proxy, a.address)
