@@ -64,6 +64,11 @@ PARK_BACKEND = "127.0.0.1:9"
 
 STATES = ("running", "draining", "starting", "stopped")
 
+# Given to a container once it is live (never during its ready checks, so a crashing new
+# version is not restarted in a loop): the engine brings it back after a restart of its own
+# (or of the machine); recover() then points the routes at its new address.
+RESTART_POLICY = "unless-stopped"
+
 
 @dataclass(frozen=True)
 class ContainerStatus:
@@ -396,6 +401,7 @@ class Lifecycle:
             if info is None:
                 raise CheckFailed(f"container {new_id[:12]} disappeared")
             self._switch_routes(component, info)
+            self._keep_up(info.id)
         except BaseException as exc:
             # Whatever happened (check failure, Docker error, Ctrl-C), the new container goes
             # and the old one, still routed, keeps serving.
@@ -436,6 +442,13 @@ class Lifecycle:
             self._discard(container_id)
             raise
         return container_id
+
+    def _keep_up(self, container_id: str) -> None:
+        try:
+            self.runtime.set_restart_policy(container_id, RESTART_POLICY)
+        except GantryError as exc:  # it serves all the same; only an engine restart stops it
+            self.reporter.warning(f"could not set the restart policy of {container_id[:12]}: "
+                                  f"{exc}")
 
     def _discard(self, container_id: str) -> None:
         """Remove a container that never served (no drain); never raises."""
@@ -640,6 +653,9 @@ class Lifecycle:
     def _recover(self, component: Any) -> None:
         view = self._view(component.name)
         live = view.live()
+        if live is None and self._readopt(component, view):
+            view = self._view(component.name)
+            live = view.live()
         for info in view.containers:
             if info.running:
                 continue
@@ -657,6 +673,19 @@ class Lifecycle:
             else:
                 self.reporter.step(f"{component.name}: finishing the drain of {info.short_id}")
                 self._retire(component, info, view, drain=True)
+
+    def _readopt(self, component: Any, view: _View) -> bool:
+        """No running container is routed, but the engine restarted one that was live (it has
+        our restart policy) at a new address: point the routes at it again. The newest wins
+        (an engine restart in the middle of a drain brings back the old one too)."""
+        kept = [c for c in view.containers if c.running and c.restart_policy == RESTART_POLICY]
+        if not kept:
+            return False
+        info = kept[-1]
+        self.reporter.step(f"{component.name}: {info.short_id} was restarted by the engine; "
+                           "routing to it again")
+        self._ensure_routes(component, info.id)
+        return True
 
     # -- monitor --------------------------------------------------------------------------
     def monitor(self, component: Any, stop: threading.Event | None = None,

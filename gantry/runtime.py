@@ -53,6 +53,7 @@ class ContainerInfo:
     started_at: str
     ports: dict[int, int] = field(default_factory=dict)  # container tcp port -> loopback port
     ip: str | None = None
+    restart_policy: str = ""  # HostConfig.RestartPolicy.Name ("" or "no": none)
 
     @property
     def running(self) -> bool:
@@ -92,6 +93,8 @@ class ContainerInfo:
             started_at=state.get("StartedAt", ""),
             ports=ports,
             ip=ip,
+            restart_policy=((attrs.get("HostConfig") or {}).get("RestartPolicy") or {})
+            .get("Name") or "",
         )
 
 
@@ -237,6 +240,11 @@ class Runtime:
             summaries = self.client.api.containers(all=True, filters={"label": label_filters})
         infos = [info for s in summaries if (info := self.inspect(s["Id"])) is not None]
         return sorted(infos, key=lambda i: (i.created, i.id))
+
+    def set_restart_policy(self, container_id: str, name: str) -> None:
+        """``docker update --restart NAME`` on an existing container."""
+        with docker_errors(f"setting the restart policy of {container_id[:12]}"):
+            self.client.api.update_container(container_id, restart_policy={"Name": name})
 
     def stop(self, container_id: str, timeout: float) -> None:
         """``docker stop``: SIGTERM, then SIGKILL after ``timeout`` seconds. Gone is fine."""

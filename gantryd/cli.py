@@ -263,7 +263,10 @@ def cmd_list(args, store: Store) -> int:
 def cmd_wait(args, store: Store) -> int:
     """Re-evaluate on every change under the project (watch), never by polling."""
     changed = threading.Event()
-    watch = store.watch(lambda batch: changed.set())  # before the first read: no lost change
+    # The watch starts at the revision before the first read (the stream itself comes up in
+    # its own thread, later), so no change between the read and the stream is lost.
+    watch = store.watch(lambda batch: changed.set(), start_revision=store.etcd.revision() + 1,
+                        on_state=lambda up: changed.set())
     deadline = time.monotonic() + args.timeout
     try:
         while True:

@@ -43,7 +43,8 @@ class Daemon:
 
     def __init__(self, store: Store, components: Sequence[str], machine: str, lifecycle: Any,
                  lease_ttl: int = 15, resync_interval: float = RESYNC_INTERVAL,
-                 repair: Callable[[], None] | None = None):
+                 repair: Callable[[], None] | None = None,
+                 proxy_pid: Callable[[], int | None] | None = None):
         self.store = store
         self.components = list(dict.fromkeys(components))
         self.machine = machine
@@ -58,6 +59,7 @@ class Daemon:
         self.canary: dict[str, int] = {}  # component -> desired revision when first seen
         self.recovered: set[str] = set()
         self.repair = repair  # restarts the local proxy when it stopped answering
+        self.proxy_pid = proxy_pid  # the local proxy's pid, None when it does not answer
         self._problem: str | None = None
         self._watch: E.Watch | None = None
         self._docker_events: Any = None
@@ -73,7 +75,10 @@ class Daemon:
             return
         for event in batch.events:
             ref = self.store.keys.parse(event.key)
-            if ref.component in self.components and ref.kind in ("desired", "lock"):
+            # A slot key being taken frees nothing: only a release (or an expiry) of a slot
+            # can let a waiting host on, so only those wake the hosts (all of them, at once).
+            if ref.component in self.components and (
+                    ref.kind == "desired" or (ref.kind == "lock" and event.kind == "delete")):
                 self.wake.set()
                 return
             if ref.component in self.components and ref.kind == "machines" \
@@ -95,6 +100,7 @@ class Daemon:
         while not self.stopping.is_set():
             try:
                 self._docker_events = client.events(decode=True, filters=filters)
+                self.wake.set()  # (re)connected: what happened meanwhile was not seen
                 for event in self._docker_events:
                     attrs = (event.get("Actor") or {}).get("Attributes") or {}
                     if event.get("status") in ("start", "die", "destroy") and \
@@ -110,6 +116,8 @@ class Daemon:
                  ", ".join(self.components), self.store.project)
         self._watch = self.store.watch(self._on_watch, on_state=self._on_watch_state)
         threading.Thread(target=self._watch_docker, name="docker-events", daemon=True).start()
+        if self.repair is not None and self.proxy_pid is not None:
+            threading.Thread(target=self._keep_proxy, name="proxy-keeper", daemon=True).start()
         delay = BACKOFF_START
         try:
             while not self.stopping.is_set():
@@ -153,6 +161,29 @@ class Daemon:
         except Exception as exc:  # reported by the next failing call anyway
             log.debug("proxy restart failed: %s", exc)
 
+    def _keep_proxy(self) -> None:
+        """Restart the local proxy as soon as it dies (kill -9, crash): wait on a pidfd of its
+        process, so no polling; its routes come back from its state file, and the loop then
+        re-checks them (wake)."""
+        while not self.stopping.is_set():
+            pid = self._current_proxy_pid()
+            if pid is None:
+                log.warning("gantry-proxy does not answer; starting it")
+                self._repair()
+                self.wake.set()
+                self.stopping.wait(1.0)
+                continue
+            if _wait_exit(pid, self.stopping) and not self.stopping.is_set():
+                log.warning("gantry-proxy (pid %d) exited; restarting it", pid)
+                self._repair()
+                self.wake.set()
+
+    def _current_proxy_pid(self) -> int | None:
+        try:
+            return self.proxy_pid() if self.proxy_pid is not None else None
+        except Exception:  # does not answer: treated as down
+            return None
+
     def _healthy(self) -> None:
         if self._problem is not None:
             log.info("back to normal (was: %s)", self._problem)
@@ -189,9 +220,15 @@ class Daemon:
                       origin=current.origin, running=current.state == "running")
 
     def _recover_once(self, desired: Desired | None, component: str) -> None:
-        """After a (re)start: let gantry finish or clean up what a killed process left."""
-        if component in self.recovered or desired is None or desired.component is None:
+        """After a (re)start, and whenever the component is not clean (one running, routed
+        container): let gantry finish or clean up what a killed process left, re-route a
+        container the engine restarted at a new address, remove stopped ones."""
+        if desired is None or desired.component is None:
             return
+        if component in self.recovered:
+            containers = self.lifecycle.status(component)
+            if len(containers) <= 1 and all(c.state == "running" for c in containers):
+                return
         self.lifecycle.recover(desired.model())
         self.recovered.add(component)
 
@@ -255,13 +292,33 @@ class Daemon:
         log.info("%s: slot %d taken; updating to %s", component, slot.index, desired.image)
         self.report(component, "updating", desired.revision, live)
         error = None
+        proxy_before = self._current_proxy_pid()
         try:
             self.lifecycle.update(desired.model(), image=desired.image)
         except GantryError as exc:
+            if self._proxy_died(exc, proxy_before):
+                # Our own proxy went away under the update (the old container, still routed
+                # in its restored state, keeps serving): not the new version's fault, so no
+                # halt. Free the slot and try again once the proxy is back.
+                log.warning("%s: the proxy died during the update (%s); retrying", component,
+                            exc)
+                self._repair()
+                self.store.release_slot(slot, self.machine, "released",
+                                        detail="proxy restarted; retrying")
+                self.wake.set()
+                return
             error = str(exc)
             log.error("%s: update failed: %s", component, error)
         self.outcomes[component] = _Outcome(slot, desired, error)
         self._finish(component)
+
+    def _proxy_died(self, exc: GantryError, pid_before: int | None) -> bool:
+        """Did `exc` come from the local proxy dying (not answering, or restarted since)?"""
+        cause = getattr(exc, "cause", exc)
+        if not isinstance(cause, RouteError) or self.proxy_pid is None:
+            return False
+        pid_now = self._current_proxy_pid()
+        return pid_now is None or pid_now != pid_before
 
     def _fail(self, component: str, desired: Desired, live: R.Live | None, error: str) -> None:
         log.error("%s: %s", component, error)
@@ -319,7 +376,7 @@ def run(store: Store, components: Sequence[str], machine: str, proxy_socket: str
     """Entry point of `gantryd run`: build the host's lifecycle, run until SIGTERM/SIGINT."""
     from gantry.lifecycle import Host, Lifecycle
     from gantry.runtime import connect as docker_connect
-    from proxy.client import ensure_running
+    from proxy.client import ProxyClient, ensure_running
 
     try:
         config = store.config()
@@ -334,10 +391,35 @@ def run(store: Store, components: Sequence[str], machine: str, proxy_socket: str
     host = Host(docker_client, proxy_client, store.project, machine,
                 proxy_bind=proxy_bind or "0.0.0.0", origin="gantryd", reporter=_log_reporter())
     daemon = Daemon(store, components, machine, Lifecycle(host), lease_ttl=lease_ttl,
-                    repair=lambda: ensure_running(proxy_socket, proxy_state))
+                    repair=lambda: ensure_running(proxy_socket, proxy_state),
+                    proxy_pid=lambda: ProxyClient(proxy_socket, timeout=5).ping()["pid"])
     _on_signals(daemon.stop)
     daemon.run()
     return 0
+
+
+def _wait_exit(pid: int, stopping: threading.Event, slice_: float = 1.0) -> bool:
+    """Block until process `pid` exits (True) or `stopping` is set (False)."""
+    import os
+    import select
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:  # no pidfd (old kernel): look again every slice
+        while not stopping.wait(slice_):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+        return False
+    try:
+        while not stopping.is_set():
+            if select.select([fd], [], [], slice_)[0]:
+                return True
+        return False
+    finally:
+        os.close(fd)
 
 
 def _on_signals(handler: Callable[[], None]) -> None:

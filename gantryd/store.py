@@ -347,8 +347,16 @@ class Store:
         Raises StoreError when the desired state changed (the caller must re-read).
         """
         desired_key = self.keys.desired(component)
+        # One read of the slot keys: a waiting host asks again on every release fleet-wide,
+        # so busy slots must cost nothing (not a failed txn and two reads each).
+        held = {kv.key: kv for kv in self.etcd.get_prefix(self.keys.locks(component))[0]}
         for index in range(desired.max_parallel):
             key = self.keys.lock(component, index)
+            kv = held.get(key)
+            if kv is not None:
+                if kv.lease == lease:  # ours already: a retried request went through
+                    return Slot(component, index, key, kv.create_revision, desired.revision)
+                continue
             event = Event("acquired", machine, desired.revision, slot=index, at=now_iso())
             result = self.etcd.txn(
                 [E.absent(key), E.mod_revision_is(desired_key, desired.mod_revision)],
@@ -363,6 +371,9 @@ class Store:
             current = self.desired(component)
             if current is None or current.mod_revision != desired.mod_revision:
                 raise StoreError("the desired state changed")
+        current = self.desired(component)  # every slot busy: still the same rollout?
+        if current is None or current.mod_revision != desired.mod_revision:
+            raise StoreError("the desired state changed")
         return None
 
     def release_slot(self, slot: Slot, machine: str, outcome: str = "released",

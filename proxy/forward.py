@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from proxy.route import Route
 
 CONNECT_TIMEOUT = 5.0
+# A refused connect is tried again after each of these delays (about 1.5 s in all) before
+# the client is given up, as HAProxy's `retries` does: a backend whose port is briefly closed
+# (its engine restarting its NAT rules, a process restarting) is then not a client-visible
+# error. The client's bytes wait in the kernel meanwhile, and it stays counted as live.
+RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 # Bytes per recv() and the write-buffer level that pauses the other socket: large reads halve
 # the per-byte Python overhead on bulk transfers and still bound memory to a few hundred KiB
 # per connection.
@@ -197,7 +202,7 @@ class _End:
         """The reactor dropped us (HUP/ERR without data, or reactor shutdown)."""
         self.reading = self.writing = False  # already removed by the reactor
         if self.connecting:
-            self.conn.dial_failed()
+            self.conn.dial_failed(refused=True)
         else:
             self.conn.broken(self)
 
@@ -241,6 +246,8 @@ class ClientSide:
         self.client: _End | None = None
         self.server: _End | None = None
         self._open = 0
+        self._retries = 0
+        self._retry_call: Any = None
 
     @property
     def nbytes(self) -> int:
@@ -267,7 +274,7 @@ class ClientSide:
             # SOCK_NONBLOCK saves the setblocking() call.
             sock = _socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
                                   socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        except OSError:  # out of descriptors: like a refused connect
+        except OSError:  # out of descriptors: give up (a retry would likely fail too)
             self.backend.errors += 1
             self.client.lose()  # type: ignore[union-attr]
             return
@@ -283,13 +290,13 @@ class ClientSide:
             self.reactor.addWriter(server)
             self.dials.add(self)
         else:  # refused (or unreachable) at once
-            self.dial_failed()
+            self.dial_failed(refused=True)
 
     def dial_done(self) -> None:
         """The backend socket became writable: connected, or refused."""
         sock = self.server.sock  # type: ignore[union-attr]
         if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            self.dial_failed()
+            self.dial_failed(refused=True)
         else:
             self.dials.discard(self)
             self._connected()
@@ -305,14 +312,28 @@ class ClientSide:
             self.reactor.removeWriter(server)
         client.start_reading()
 
-    def dial_failed(self) -> None:
-        """The backend refused or did not answer in time: count it, FIN the client."""
-        if self._cancel_dial():
-            self.backend.errors += 1
-            self.client.lose()  # type: ignore[union-attr]
+    def dial_failed(self, refused: bool = False) -> None:
+        """The backend refused (retried a few times) or did not answer in time: count it,
+        FIN the client."""
+        if not self._cancel_dial():
+            return
+        if refused and self._retries < len(RETRY_DELAYS) and not self.client.closed:  # type: ignore[union-attr]
+            self._retry_call = self.reactor.callLater(RETRY_DELAYS[self._retries], self._redial)
+            self._retries += 1
+            return
+        self.backend.errors += 1
+        self.client.lose()  # type: ignore[union-attr]
+
+    def _redial(self) -> None:
+        self._retry_call = None
+        self._dial()
 
     def _cancel_dial(self) -> bool:
-        """Give up a backend connect in progress; False if there was none."""
+        """Give up a backend connect in progress (or a pending retry); False if neither."""
+        if self._retry_call is not None:
+            self._retry_call.cancel()
+            self._retry_call = None
+            return True
         self.dials.discard(self)
         server = self.server
         if server is None or not server.connecting:
@@ -324,7 +345,7 @@ class ClientSide:
     def broken(self, end: _End) -> None:
         """`end`'s socket failed (reset, broken pipe): drop it, close the other politely."""
         if end.connecting:
-            self.dial_failed()
+            self.dial_failed(refused=True)
             return
         end.close()
         peer = end.peer

@@ -259,9 +259,9 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 # --- setting up -------------------------------------------------------------------------------
 
-def port_free(port: int) -> bool:
+def port_free(port: int, hosts: Sequence[tuple[str, str]] = HOSTS) -> bool:
     """Is ``port`` free on every simulated host's address?"""
-    for _, bind in HOSTS:
+    for _, bind in hosts:
         with socket.socket() as s:
             try:
                 s.bind((bind, port))
@@ -270,19 +270,19 @@ def port_free(port: int) -> bool:
     return True
 
 
-def choose_port(wanted: int) -> int:
-    """``wanted`` (0: 8080) when free on all three addresses, else any port free on all."""
+def choose_port(wanted: int, hosts: Sequence[tuple[str, str]] = HOSTS) -> int:
+    """``wanted`` (0: 8080) when free on all the hosts' addresses, else any port free on all."""
     if wanted:
-        if not port_free(wanted):
-            raise DemoError(f"port {wanted} is in use on one of {', '.join(b for _, b in HOSTS)}")
+        if not port_free(wanted, hosts):
+            raise DemoError(f"port {wanted} is in use on one of {', '.join(b for _, b in hosts)}")
         return wanted
-    if port_free(PREFERRED_PORT):
+    if port_free(PREFERRED_PORT, hosts):
         return PREFERRED_PORT
     for _ in range(50):
         port = rig.free_port()
-        if port_free(port):
+        if port_free(port, hosts):
             return port
-    raise DemoError("found no port free on all three host addresses")
+    raise DemoError("found no port free on all the host addresses")
 
 
 def start_docker() -> None:
@@ -367,9 +367,11 @@ def wait_socket(path: str, proc: subprocess.Popen, log_path: Path, timeout: floa
 
 
 def start_hosts(state: DemoState, cmd: Commands, watch: StatusWatch,
-                procs: dict[str, subprocess.Popen]) -> None:
-    """Per simulated host: a gantry-proxy of its own, then `gantryd run` using it."""
-    for name, bind in HOSTS:
+                procs: dict[str, subprocess.Popen],
+                hosts: Sequence[tuple[str, str]] = HOSTS, lease_ttl: int = LEASE_TTL) -> None:
+    """Per simulated host (name, bind address): a gantry-proxy of its own, then `gantryd run`
+    using it. scripts/bench/fleet starts its larger fleets through this too."""
+    for name, bind in hosts:
         d = Path(state.dir) / name
         (d / "locks").mkdir(parents=True, exist_ok=True)
         state.hosts.append(HostState(name, bind, str(d)))
@@ -385,8 +387,8 @@ def start_hosts(state: DemoState, cmd: Commands, watch: StatusWatch,
     for h in state.hosts:
         argv = cmd.gantryd_cmd("run", state.project, "-c", COMPONENT, "--machine", h.name,
                                "--proxy-socket", h.socket, "--proxy-state", h.proxy_state,
-                               "--proxy-bind", h.bind, "--lease-ttl", str(LEASE_TTL))
-        # One machine plays three hosts: each needs its own local lock dir (no flag for it).
+                               "--proxy-bind", h.bind, "--lease-ttl", str(lease_ttl))
+        # One machine plays several hosts: each needs its own local lock dir (no flag for it).
         proc = spawn(argv, Path(h.dir) / "gantryd.log",
                      cmd.env(GANTRY_LOCK_DIR=str(Path(h.dir) / "locks")))
         procs[f"{h.name}-daemon"] = proc
@@ -397,8 +399,10 @@ def start_hosts(state: DemoState, cmd: Commands, watch: StatusWatch,
     def all_reported() -> bool:
         reported.update(e.machine for e in watch.events(timeout=0.2) if e.status)
         return reported >= {h.name for h in state.hosts}
-    wait_for(all_reported, 30, "the three hosts to report to etcd", state)
-    say("the three hosts report to etcd")
+    what = "the three hosts" if len(state.hosts) == 3 else f"the {len(state.hosts)} hosts"
+    # Many daemons starting at once on a small machine take a while to import and connect.
+    wait_for(all_reported, max(30, 3 * len(state.hosts)), f"{what} to report to etcd", state)
+    say(f"{what} report to etcd")
 
 
 def check_daemons(state: DemoState) -> None:

@@ -92,8 +92,16 @@ def ensure_dockerd(timeout: float = 60) -> None:
     if not shutil.which("dockerd"):
         raise RigError("dockerd is not installed (scripts/bootstrap installs docker.io)")
     log.info("starting dockerd (log: %s)", RIG_DIR / "dockerd.log")
-    _spawn(["dockerd"], RIG_DIR / "dockerd.log")
-    wait_until(docker_answers, timeout, "dockerd to answer `docker info`", interval=0.5)
+    # As production hosts should run it: with live-restore, containers keep running while
+    # the engine restarts; without the userland proxy, loopback-published ports are kernel
+    # NAT rules that keep forwarding meanwhile (docker-proxy processes die with dockerd).
+    proc = _spawn(["dockerd", "--live-restore", "--userland-proxy=false"], RIG_DIR / "dockerd.log")
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RigError(f"dockerd exited with {proc.returncode}; see {RIG_DIR / 'dockerd.log'}")
+        return docker_answers()
+    wait_until(up, timeout, "dockerd to answer `docker info`", interval=0.5)
 
 
 # --- registry ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import threading
 import rig
 from gantry.config import parse_config
 from gantry_helpers import (component_dict, live_by_backend, make_component,
-                            project_containers, route_of, target, wait_for)
+                            project_containers, route_of, target, variant, wait_for)
 from loadgen import Load, request
 
 
@@ -131,3 +131,35 @@ def test_crash_between_two_route_switches(life, proxy, project, docker_client):
     assert len(routes) == 2
     assert {r["backend"] for r in routes} == {life.runtime.backend(new, 8080)}
     assert [x.id for x in project_containers(docker_client, project)] == [new_id]
+
+
+def test_a_container_the_engine_restarted_is_routed_again(life, docker_client, project, proxy):
+    """A live container gets the restart policy; when the engine restarts it (here: stop and
+    start by hand) its published port may change, and recover() re-points the routes at it
+    instead of replacing it."""
+    c = make_component(tag="v1")
+    life.update(c)
+    (live,) = project_containers(docker_client, project)
+    assert live.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    live.stop(timeout=1)
+    live.start()
+    live.reload()
+    port = live.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
+    life.recover(c)
+    assert [x.id for x in project_containers(docker_client, project)] == [live.id]
+    assert route_of(proxy, project, c)["backend"] == f"127.0.0.1:{port}"
+    assert request(target(c)) == (True, "v1")
+
+
+def test_a_crashing_new_version_is_not_restarted_by_the_engine(life, docker_client, project):
+    """The restart policy comes only once a container is live: a new version that crashes
+    during its ready checks fails the update (it is not restarted in a loop) and is removed."""
+    import pytest
+    from gantry.errors import UpdateFailed
+    c = make_component(tag="v1")
+    life.update(c)
+    with pytest.raises(UpdateFailed, match="exited"):
+        life.update(variant(c, tag="crash"))
+    (live,) = project_containers(docker_client, project)
+    assert live.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert request(target(c)) == (True, "v1")

@@ -134,6 +134,29 @@ def test_backend_refused_closes_client_and_counts_error(proxy):
     assert (b["opened"], b["closed"], b["errors"]) == (1, 1, 1)
 
 
+def test_refused_connect_is_retried_while_the_backend_comes_back(proxy):
+    # A bound socket that does not listen yet refuses connects, as a restarting backend does.
+    backend = socket.socket()
+    backend.bind(("127.0.0.1", 0))
+    try:
+        listen = _route(proxy, f"127.0.0.1:{backend.getsockname()[1]}")
+        with connect(listen) as sock:
+            sock.sendall(b"hello")
+            # The proxy holds the client (live, bytes unread) while it retries the backend.
+            wait_for(lambda: proxy.client.route("r")["backends"][0]["live"] == 1)
+            backend.listen(1)
+            conn, _ = backend.accept()
+            with conn:
+                assert conn.recv(5) == b"hello"
+                conn.sendall(b"world")
+            sock.settimeout(10)
+            assert recv_all(sock) == b"world"
+        b = wait_for(lambda: (r := proxy.client.route("r"))["backends"][0]["live"] == 0 and r)
+        assert b["backends"][0]["errors"] == 0
+    finally:
+        backend.close()
+
+
 def test_backend_connect_timeout_closes_client_and_counts_error(proxy):
     # A backend whose accept queue is full drops further SYNs: the connect hangs until the
     # proxy's connect timeout (5 s) gives up on it.

@@ -1,0 +1,241 @@
+"""The simulated fleet of the gantryd tests and the scorecard: a Fleet of hosts (`gantryd run`
+subprocesses, each with its own machine name, proxy socket, lock dir and proxy bind address
+127.0.0.2/.3/.4) plus the gantryd CLI, against the real etcd, dockerd and registry.
+
+A plain module (not a conftest) so that scripts/scorecard can use it outside pytest:
+``with open_fleet(endpoints, project) as fleet: ...``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import loadgen  # noqa: E402  (scripts/)
+import rig  # noqa: E402
+from gantryd.etcd import Etcd  # noqa: E402
+from gantryd.store import Store  # noqa: E402
+
+HOSTS = {"h1": "127.0.0.2", "h2": "127.0.0.3", "h3": "127.0.0.4"}
+LEASE_TTL = 3
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    """Poll until `predicate()` is truthy and answer it (a deadline, never a bare sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def component(test_images: dict[str, str], variant: str = "v1", port: int = 8080,
+              **extra: Any) -> dict[str, Any]:
+    """A `web` component of the test app, routed on `port`, with short test timeouts."""
+    repo, tag = test_images[variant].rsplit(":", 1)
+    return {"name": "web", "repo": repo, "tag": tag,
+            "ports": [{"external": port, "container": 8080, "kind": "http"}],
+            "readyChecks": [{"kind": "http", "port": 8080, "path": "/health", "timeout": 1,
+                             "interval": 0.2}],
+            "readyTimeout": 4, "drainTimeout": 5, "stopTimeout": 1, **extra}
+
+
+class Fleet:
+    """Simulated hosts of one project plus the gantryd CLI, all against real services."""
+
+    def __init__(self, endpoints: list[str], project: str, base: Path):
+        self.endpoints = endpoints
+        self.project = project
+        self.base = base
+        self.port = rig.free_port()  # the component's external port on every host
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.etcd = Etcd(endpoints)
+        self.store = Store(self.etcd, project)
+
+    # -- environment -----------------------------------------------------------------------
+    def host_dir(self, name: str) -> Path:
+        path = self.base / name
+        path.mkdir(exist_ok=True)
+        return path
+
+    def host_env(self, name: str) -> dict[str, str]:
+        d = self.host_dir(name)
+        env = dict(os.environ)
+        env.update(GANTRY_PROXY_SOCKET=str(d / "proxy.sock"),
+                   GANTRY_PROXY_STATE=str(d / "proxy-state.json"),
+                   GANTRY_LOCK_DIR=str(d / "locks"), PYTHONUNBUFFERED="1")
+        env.pop("GANTRYD_ETCD", None)
+        return env
+
+    def write_config(self, *components: dict[str, Any]) -> Path:
+        path = self.base / f"config-{time.monotonic_ns()}.json"
+        path.write_text(json.dumps({"components": list(components)}))
+        return path
+
+    # -- CLI -------------------------------------------------------------------------------
+    def cli(self, *args: str, check: bool = True, endpoints: list[str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "gantryd", "--etcd", ",".join(endpoints or self.endpoints),
+                *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                              env=self.host_env("cli"))
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}"
+                                 f"\n{proc.stderr}\n{self.logs()}")
+        return proc
+
+    def setconfig(self, *components: dict[str, Any]) -> None:
+        self.cli("setconfig", self.project, str(self.write_config(*components)))
+
+    def update(self, *components: str) -> None:
+        self.cli("update", self.project, "-c", *(components or ("web",)))
+
+    def wait(self, *components: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.cli("wait", self.project, "-c", *(components or ("web",)), "--timeout",
+                        str(timeout), check=False, timeout=timeout + 30)
+
+    def wait_done(self, *components: str, timeout: float = 60) -> None:
+        proc = self.wait(*components, timeout=timeout)
+        assert proc.returncode == 0, f"wait: {proc.returncode}\n{proc.stderr}\n{self.logs()}"
+
+    # -- hosts -----------------------------------------------------------------------------
+    def start(self, name: str, *components: str, endpoints: list[str] | None = None) -> None:
+        d = self.host_dir(name)
+        log = open(d / "gantryd.log", "ab")
+        argv = [sys.executable, "-m", "gantryd", "--etcd", ",".join(endpoints or self.endpoints),
+                "run", self.project, "-c", *(components or ("web",)), "--machine", name,
+                "--proxy-socket", str(d / "proxy.sock"), "--proxy-state",
+                str(d / "proxy-state.json"), "--proxy-bind", HOSTS[name],
+                "--lease-ttl", str(LEASE_TTL)]
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=ROOT, env=self.host_env(name))
+        log.close()
+        wait_for(lambda: self._reported(name, components or ("web",)), 30,
+                 f"{name} to report\n{self.logs()}")
+
+    def _reported(self, name: str, components) -> bool:
+        if self.procs[name].poll() is not None:
+            raise AssertionError(f"{name} exited {self.procs[name].returncode}\n{self.logs()}")
+        return all(self.store.machine(c, name) is not None for c in components)
+
+    def start_all(self, *components: str) -> None:
+        for name in HOSTS:
+            self.start(name, *components)
+
+    def terminate(self, name: str) -> int:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=30)
+
+    def kill9(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def status(self, name: str, comp: str = "web"):
+        return self.store.machine(comp, name)
+
+    def address(self, name: str) -> tuple[str, int]:
+        return (HOSTS[name], self.port)
+
+    def answers(self, host: str, path: str = "/") -> str:
+        """The body of one GET through `host`'s proxy, or `error: ...`."""
+        ok, body = loadgen.request(self.address(host), path, timeout=5)
+        return body if ok else f"error: {body}"
+
+    def acquired(self, revision: int) -> list[str]:
+        """Hosts that took a rollout slot for `revision`, in etcd order."""
+        return [e.machine for e in self.store.events("web")
+                if e.kind == "acquired" and e.revision == revision]
+
+    def deploy_v1(self, test_images, hosts=tuple(HOSTS), **extra: Any) -> None:
+        """Store a v1 config, update, start `hosts` and wait until they all serve v1."""
+        self.setconfig(component(test_images, "v1", self.port, **extra))
+        self.update()
+        for h in hosts:
+            self.start(h)
+        self.wait_done()
+        assert {self.answers(h) for h in hosts} == {"v1"}
+
+    def logs(self) -> str:
+        out = []
+        for d in sorted(self.base.iterdir()):
+            log = d / "gantryd.log" if d.is_dir() else None
+            if log and log.exists():
+                lines = log.read_text(errors="replace").splitlines()[-40:]
+                out.append(f"--- {d.name} ---\n" + "\n".join(lines))
+        return "\n".join(out)
+
+    # -- teardown --------------------------------------------------------------------------
+    def close(self) -> None:
+        for name in list(self.procs):
+            proc = self.procs.pop(name)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        pids = [pid for name in HOSTS if (pid := self._proxy_pid(self.base / name))]
+        for pid in pids:  # all at once: each takes a moment to shut down
+            os.kill(pid, signal.SIGTERM)
+        for pid in pids:
+            try:
+                wait_for(lambda: not _alive(pid), 10, "the proxy to exit")
+            except AssertionError:
+                os.kill(pid, signal.SIGKILL)
+        self.etcd.close()
+
+    @staticmethod
+    def _proxy_pid(host_dir: Path) -> int | None:
+        """The pid of the proxy a daemon started, as its control API reports it."""
+        from proxy.client import ProxyClient, ProxyError
+        socket_path = host_dir / "proxy.sock"
+        if not socket_path.exists():
+            return None
+        try:
+            return ProxyClient(str(socket_path), timeout=2).ping()["pid"]
+        except (ProxyError, OSError, KeyError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours is as good as gone
+        return not os.waitpid(pid, os.WNOHANG)[0]
+    except ChildProcessError:
+        return True
+
+
+@contextlib.contextmanager
+def open_fleet(endpoints: list[str], project: str, on_exit: Callable[[Fleet], None] | None = None
+               ) -> Iterator[Fleet]:
+    """A Fleet in a temp dir of its own; its daemons and proxies are stopped at the end
+    (containers are left to the caller). ``on_exit`` sees the fleet before it closes."""
+    # Short paths: unix socket paths are limited to ~107 bytes.
+    base = Path(tempfile.mkdtemp(prefix="gd-"))
+    f = Fleet(endpoints, project, base)
+    try:
+        yield f
+        if on_exit is not None:
+            on_exit(f)
+    finally:
+        f.close()
+        shutil.rmtree(base, ignore_errors=True)
