@@ -133,6 +133,8 @@ class Daemon:
                     delay = BACKOFF_START
                     self.wake.wait(self.resync_interval)
                 except Exception as exc:  # never die on one bad turn: retry with backoff
+                    if isinstance(exc, E.LeaseLost) and self.lease is not None:
+                        self.lease.lost.set()  # expired in an outage: take a new one
                     self._trouble(exc)
                     if isinstance(exc, RouteError) and self.repair is not None:
                         self._repair()

@@ -39,6 +39,10 @@ class EtcdUnavailable(EtcdError):
     """No configured endpoint answered."""
 
 
+class LeaseLost(EtcdError):
+    """etcd no longer knows the lease a request used (it expired during an outage)."""
+
+
 # Errors after which another endpoint may answer.
 _RETRYABLE = (
     etcd3_exceptions.ConnectionFailedError,
@@ -286,7 +290,11 @@ class Etcd:
             try:
                 client, endpoint = self.current()
                 return fn(client)
-            except _RETRYABLE as exc:
+            except (*_RETRYABLE, ValueError) as exc:
+                # ValueError: grpc's "Channel closed", when another thread gave up this
+                # client (failed()) while our call was starting on it: try the next one.
+                if isinstance(exc, ValueError) and "closed" not in str(exc).lower():
+                    raise
                 last = f"{endpoint}: {exc or type(exc).__name__}"
                 if client is not None:
                     self.failed(client)
@@ -294,7 +302,9 @@ class Etcd:
                     with self._lock:
                         self._index = (self._index + 1) % len(self.endpoints)
             except grpc.RpcError as exc:
-                raise EtcdError(f"etcd: {exc.code().name}: {exc.details()}") from None
+                details = exc.details() or ""
+                kind = LeaseLost if "lease not found" in details else EtcdError
+                raise kind(f"etcd: {exc.code().name}: {details}") from None
             except etcd3_exceptions.Etcd3Exception as exc:
                 raise EtcdError(f"etcd: {type(exc).__name__}: {exc}") from None
         raise EtcdUnavailable(f"no etcd endpoint answered (last: {last})")
@@ -418,8 +428,13 @@ class Lease:
                     self.lost.set()
                     return
                 interval = max(self.ttl / 3.0, 0.2)
-            except EtcdError:
+            except LeaseLost:
+                log.warning("etcd lease %x expired", self.id)
+                self.lost.set()
+                return
+            except Exception as exc:  # the keepalive must outlive any one failure
                 # Unreachable for now: retry sooner; the lease may still be alive.
+                log.debug("etcd lease %x keepalive: %s", self.id, exc)
                 interval = min(0.5, self.ttl / 3.0)
 
     @property

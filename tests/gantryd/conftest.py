@@ -1,6 +1,7 @@
 """Fixtures for the gantryd tests: a Store on the session etcd and a Fleet of simulated hosts
 (see fleet_helpers.py, which holds the Fleet itself so that scripts/scorecard can use it too).
-Tests import the helpers as ``from conftest import HOSTS, component, wait_for``."""
+Tests import the helpers from ``fleet_helpers`` (a module name of their own: `conftest`
+is ambiguous across test folders)."""
 from __future__ import annotations
 
 import pytest

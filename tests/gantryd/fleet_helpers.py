@@ -24,23 +24,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import loadgen  # noqa: E402  (scripts/)
 import rig  # noqa: E402
+from rig import wait_for  # noqa: E402,F401  (re-exported to the fleet tests)
 from gantryd.etcd import Etcd  # noqa: E402
 from gantryd.store import Store  # noqa: E402
 
 HOSTS = {"h1": "127.0.0.2", "h2": "127.0.0.3", "h3": "127.0.0.4"}
 LEASE_TTL = 3
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    """Poll until `predicate()` is truthy and answer it (a deadline, never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def component(test_images: dict[str, str], variant: str = "v1", port: int = 8080,

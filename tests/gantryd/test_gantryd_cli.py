@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import component  # noqa: E402  (tests/gantryd/conftest.py)
+from fleet_helpers import component
 
 
 def test_setconfig_getconfig_round_trip(fleet, test_images):

@@ -10,7 +10,7 @@ from gantry import labels as L
 from gantryd import rollout
 from proxy.client import ProxyClient
 
-from conftest import HOSTS, component, wait_for  # noqa: E402  (tests/gantryd/conftest.py)
+from fleet_helpers import HOSTS, component, wait_for
 
 
 def containers(docker_client, project: str, machine: str) -> list[str]:

@@ -10,7 +10,7 @@ from gantryd import etcd as E
 from gantryd.keys import Keys
 from gantryd.store import Desired, Event, MachineStatus, Store, StoreError
 
-from conftest import wait_for  # noqa: E402  (tests/gantryd/conftest.py)
+from fleet_helpers import wait_for
 
 COMPONENT = {"name": "web", "repo": "localhost:5000/x/app", "tag": "v1",
              "rollout": {"maxParallel": 2}}
@@ -250,3 +250,18 @@ def test_prefixes_are_isolated(etcd, project):
         assert b.desired("web") is None
     finally:
         client.close()
+
+
+def test_a_request_on_an_expired_lease_raises_lease_lost(store):
+    """After an outage longer than its TTL the lease is gone: requests on it say so, and the
+    keepalive marks it lost (the daemon then takes a new one)."""
+    lease = store.etcd.lease(1)
+    lease.abandon()
+    gone = lease.id
+    store.etcd.revoke(gone)  # what the TTL does during an outage, without waiting for it
+    with pytest.raises(E.LeaseLost):
+        store.etcd.put(f"/t/{store.project}/on-expired", b"x", lease=gone)
+    kept = store.etcd.lease(1)
+    store.etcd.revoke(kept.id)
+    wait_for(lambda: kept.lost.is_set(), 10, "the keepalive to notice the lease is gone")
+    assert not kept.alive
