@@ -153,6 +153,23 @@ def connect(address: str, timeout: float = 10.0) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=timeout)
 
 
+def refused(address: str) -> bool:
+    """True when nothing listens on ``address`` (the connect is refused)."""
+    try:
+        connect(address, timeout=2).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
+def held_connection(address: str) -> socket.socket:
+    """A connection through ``address`` to an echo backend, proven open by one round trip."""
+    held = connect(address)
+    held.sendall(b"a")
+    assert held.recv(1) == b"a"
+    return held
+
+
 def recv_all(sock: socket.socket) -> bytes:
     chunks = []
     while True:

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from proxy.client import ProxyClient, ProxyError, ProxyNotRunning, _UnixConnection
-from proxy_servers import connect, free_port, recv_all, wait_for
+from proxy_servers import connect, free_port, recv_all, refused, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,14 +22,6 @@ def _status(fn) -> tuple[int, str]:
     with pytest.raises(ProxyError) as info:
         fn()
     return info.value.status, str(info.value)
-
-
-def _refused(address: str) -> bool:
-    try:
-        connect(address, timeout=2).close()
-        return False
-    except ConnectionRefusedError:
-        return True
 
 
 def test_unknown_route_404(proxy):
@@ -97,10 +89,10 @@ def test_rebind_and_remove(proxy, echo):
     held = connect(first)
     answer = proxy.client.set_route("m", second, echo.address)
     assert answer["previous"] == echo.address and answer["route"]["listen"] == second
-    assert _refused(first)
+    assert refused(first)
     connect(second).close()
     assert proxy.client.remove_route("m") == {"previous": echo.address}
-    assert _refused(second)
+    assert refused(second)
     held.sendall(b"live on")  # connections outlive their route
     held.shutdown(socket.SHUT_WR)
     assert recv_all(held) == b"live on"

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from proxy.client import EX_ALREADY_RUNNING, ProxyClient, ensure_running
-from proxy_servers import connect, free_port, recv_all, wait_for
+from proxy_servers import connect, free_port, held_connection, recv_all, refused, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,14 +26,6 @@ def _works(address: str, payload: bytes = b"ping") -> bool:
             return recv_all(s) == payload
     except OSError:
         return False
-
-
-def _refused(address: str) -> bool:
-    try:
-        connect(address, timeout=2).close()
-        return False
-    except ConnectionRefusedError:
-        return True
 
 
 def test_kill9_restart_restores_routes(make_proxy, echo, tmp_path):
@@ -75,11 +67,9 @@ def test_sigterm_stops_accepting_and_drains(make_proxy, echo):
     proxy = make_proxy("--shutdown-timeout", "30")
     listen = f"127.0.0.1:{free_port()}"
     proxy.client.set_route("t", listen, echo.address)
-    held = connect(listen)
-    held.sendall(b"a")
-    assert held.recv(1) == b"a"
+    held = held_connection(listen)
     proxy.process.send_signal(signal.SIGTERM)
-    wait_for(lambda: _refused(listen), what="listener closed")
+    wait_for(lambda: refused(listen), what="listener closed")
     held.sendall(b"still served")  # the live connection keeps working while we drain
     held.shutdown(socket.SHUT_WR)
     assert recv_all(held) == b"still served"
@@ -94,9 +84,7 @@ def test_sigterm_timeout_closes_leftovers(make_proxy, echo):
     proxy = make_proxy("--shutdown-timeout", "0.3")
     listen = f"127.0.0.1:{free_port()}"
     proxy.client.set_route("t", listen, echo.address)
-    held = connect(listen)
-    held.sendall(b"a")
-    assert held.recv(1) == b"a"
+    held = held_connection(listen)
     proxy.process.send_signal(signal.SIGTERM)
     assert proxy.process.wait(20) == 0
     held.settimeout(10)
@@ -123,7 +111,7 @@ def test_ensure_running_starts_detached_daemon(tmp_path, echo):
         os.kill(pid, signal.SIGKILL)
 
 
-def test_corrupt_state_file_refused(tmp_path):
+def test_corrupt_state_filerefused(tmp_path):
     state = tmp_path / "state.json"
     state.write_text("{broken")
     result = subprocess.run([sys.executable, "-m", "proxy", "run", "--socket",
