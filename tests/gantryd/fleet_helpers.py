@@ -184,7 +184,7 @@ class Fleet:
             os.kill(pid, signal.SIGTERM)
         for pid in pids:
             try:
-                wait_for(lambda: not _alive(pid), 10, "the proxy to exit")
+                wait_for(lambda: not process_alive(pid), 10, "the proxy to exit")
             except AssertionError:
                 os.kill(pid, signal.SIGKILL)
         self.etcd.close()
@@ -202,7 +202,8 @@ class Fleet:
             return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie child of ours counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -7,8 +7,6 @@ import os
 import selectors
 import socket
 import threading
-import time
-from typing import Callable
 
 from rig import free_port, wait_for  # noqa: F401  (scripts/, on sys.path via tests/conftest.py)
 

@@ -35,7 +35,7 @@ for _p in (ROOT / "scripts", ROOT / "tests" / "gantryd"):
 
 import loadgen  # noqa: E402  (scripts/)
 import rig  # noqa: E402
-from fleet_helpers import HOSTS, Fleet, component, open_fleet, wait_for  # noqa: E402
+from fleet_helpers import HOSTS, Fleet, process_alive, component, open_fleet, wait_for  # noqa: E402
 
 PROJECT_LABEL = "io.gantry.project"
 MACHINE_LABEL = "io.gantry.machine"
@@ -433,14 +433,13 @@ def etcd_outage(run: Run) -> str:
 
 def dockerd_restart(run: Run) -> str:
     """dockerd is restarted (SIGTERM, then started again) between two rollouts."""
-    f = run.fleet
     live_restore = _docker_info("{{.LiveRestoreEnabled}}") == "true"
     before = run.load.failed
     pid = int(subprocess.run(["pidof", "dockerd"], capture_output=True, text=True,
                              check=True).stdout.split()[0])
     os.kill(pid, signal.SIGTERM)
     # Wait for the process itself: it stops answering before it has removed its pid file.
-    wait_for(lambda: not _alive(pid), 60, "dockerd to exit")
+    wait_for(lambda: not process_alive(pid), 60, "dockerd to exit")
     rig.ensure_dockerd()
     try:
         wait_for(lambda: set(run.serving().values()) == {"v1"}, 60)
@@ -459,14 +458,6 @@ def dockerd_restart(run: Run) -> str:
         run.note = (f"{run.excused} requests failed while the engine (without live-restore) "
                     "was down and its containers stopped")
     return "recovered; next rollout done"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _docker_info(fmt: str) -> str:
