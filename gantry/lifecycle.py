@@ -425,17 +425,22 @@ class Lifecycle:
             config_hash=component.spec_hash(), image=ref, origin=self.host.origin,
         ).to_dict()
         cname = f"{self.host.project}.{component.name}.{secrets.token_hex(4)}"
-        container_id = rt.create(
-            cname, ref, labels,
-            command=component.command,
-            user=component.user,
-            environment=component.env_dict(),
-            binds={b.host: {"bind": b.container, "mode": "ro" if b.read_only else "rw"}
-                   for b in component.bindings},
-            volumes_from=component.volumes_from,
-            privileged=component.privileged,
-            tcp_ports=_probed_ports(component),
-        )
+        try:
+            container_id = rt.create(
+                cname, ref, labels,
+                command=component.command,
+                user=component.user,
+                environment=component.env_dict(),
+                binds={b.host: {"bind": b.container, "mode": "ro" if b.read_only else "rw"}
+                       for b in component.bindings},
+                volumes_from=component.volumes_from,
+                privileged=component.privileged,
+                tcp_ports=_probed_ports(component),
+            )
+        except (KeyboardInterrupt, SystemExit):
+            # Interrupted while Docker may already have created it: it has our name.
+            self._discard(cname)
+            raise
         try:
             rt.start(container_id)
         except BaseException:
