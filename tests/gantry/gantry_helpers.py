@@ -149,6 +149,18 @@ class SlowRequest:
         return self.result
 
 
+def deploy_and_hold(life: Any, proxy: ProxyClient, project: str, v1: Component,
+                     seconds: float = 10) -> tuple[Any, str, SlowRequest]:
+    """Deploy ``v1`` and start a slow request on it, returned once the proxy counts it live
+    on v1's backend: (the container, its backend, the request)."""
+    first = life.update(v1).container
+    (backend,) = first.backends
+    slow = SlowRequest(target(v1), seconds)
+    wait_for(lambda: live_by_backend(proxy, project, v1).get(backend) == 1, 10,
+             "the proxy to count the slow request on v1")
+    return first, backend, slow
+
+
 class Background:
     """``fn()`` in a thread; ``wait`` answers its result or re-raises its exception."""
 

@@ -5,12 +5,23 @@ import threading
 
 import docker.errors
 import pytest
+from gantry_helpers import (
+    Background,
+    RecordingReporter,
+    SlowRequest,
+    backend_of,
+    deploy_and_hold,
+    live_by_backend,
+    make_component,
+    project_containers,
+    route_of,
+    target,
+    variant,
+    wait_for,
+)
+from loadgen import request
 
 from gantry.lifecycle import PARK_BACKEND
-from gantry_helpers import (Background, RecordingReporter, SlowRequest, backend_of,
-                            live_by_backend, make_component, project_containers, route_of,
-                            target, variant, wait_for)
-from loadgen import request
 
 
 def _slow_request(c, seconds: float, results: dict) -> threading.Thread:
@@ -26,11 +37,7 @@ def test_stop_drains_then_removes(make_lifecycle, proxy, project, docker_client)
     reporter = RecordingReporter()
     life = make_lifecycle(reporter)
     v1 = make_component(tag="v1", drainTimeout=30)
-    first = life.update(v1).container
-    (backend,) = first.backends
-    slow = SlowRequest(target(v1), 10)
-    wait_for(lambda: live_by_backend(proxy, project, v1).get(backend) == 1, 10,
-             "the proxy to count the slow request")
+    first, backend, slow = deploy_and_hold(life, proxy, project, v1)
     slow.assert_in_flight("the stop began")
     stop = Background(lambda: life.stop(v1), "stop")
     wait_for(lambda: f"web: draining {first.short_id} (up to 30s)" in reporter.lines, 15,

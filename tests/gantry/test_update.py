@@ -3,13 +3,23 @@ from __future__ import annotations
 
 import docker.errors
 import pytest
-
 import rig
-from gantry_helpers import (Background, RecordingReporter, SlowRequest, backend_of,
-                            forget_local_images, live_by_backend, make_component,
-                            project_containers, route_of, target, variant, wait_for)
-from gantry.errors import UpdateFailed
+from gantry_helpers import (
+    Background,
+    RecordingReporter,
+    backend_of,
+    deploy_and_hold,
+    forget_local_images,
+    make_component,
+    project_containers,
+    route_of,
+    target,
+    variant,
+    wait_for,
+)
 from loadgen import Load, request
+
+from gantry.errors import UpdateFailed
 
 
 def test_update_under_load_has_no_failed_request(life, proxy, project, docker_client):
@@ -44,11 +54,7 @@ def test_slow_request_completes_on_the_old_container(make_lifecycle, proxy, proj
     reporter = RecordingReporter()
     life = make_lifecycle(reporter)
     v1 = make_component(tag="v1", drainTimeout=30)
-    first = life.update(v1).container
-    (old_backend,) = first.backends
-    slow = SlowRequest(target(v1), 10)
-    wait_for(lambda: live_by_backend(proxy, project, v1).get(old_backend) == 1, 10,
-             "the proxy to count the slow request on v1")
+    first, old_backend, slow = deploy_and_hold(life, proxy, project, v1)
     update = Background(lambda: life.update(variant(v1, tag="v2")), "update")
     wait_for(lambda: request(target(v1))[1] == "v2", 15, "new requests to reach v2")
 
