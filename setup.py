@@ -7,7 +7,8 @@ setup(
     description="Zero-downtime, progressive rollouts of Docker containers across a fleet, "
     "coordinated through etcd, with a per-host draining TCP proxy.",
     python_requires=">=3.11",
-    packages=find_packages(include=["gantry", "gantry.*", "gantryd", "gantryd.*", "proxy", "proxy.*"]),
+    packages=find_packages(include=["gantry", "gantry.*", "gantryd", "gantryd.*",
+                                    "proxy", "proxy.*"]),
     # Classic command lines (`gantryd.py update ...`); see scripts/aliases/gantry.py.
     scripts=["scripts/aliases/gantry.py", "scripts/aliases/gantryd.py"],
     install_requires=[
@@ -23,7 +24,8 @@ setup(
         "prometheus-client>=0.17",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2.1", "requests>=2.28"],
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2.1", "requests>=2.28",
+                 "pytest-xdist>=3.3", "ruff>=0.5"],
     },
     entry_points={
         "console_scripts": [

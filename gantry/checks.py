@@ -110,7 +110,8 @@ def _alive(runtime: Runtime, container_id: str, what: str) -> ContainerInfo:
         tail = runtime.logs_tail(container_id)
         detail = f"; last output: {tail.splitlines()[-1]}" if tail else ""
         raise ContainerExited(
-            f"container {info.short_id} exited (code {info.exit_code}) during {what} checks{detail}",
+            f"container {info.short_id} exited (code {info.exit_code}) during {what} "
+            f"checks{detail}",
             exit_code=info.exit_code,
         )
     return info

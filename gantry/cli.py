@@ -18,6 +18,9 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
+from .commands import canary as canary_commands
+from .commands import rollback as rollback_commands
+from .commands import traffic as traffic_commands
 from .config import ConfigError, load_config
 from .errors import GantryError, RouteError
 from .lifecycle import ContainerStatus, Host, Lifecycle
@@ -28,6 +31,9 @@ log = logging.getLogger("gantry")
 
 PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 DEFAULT_CONFIG = ".gantry"
+
+# Command groups kept in modules of their own (see gantry/commands/__init__.py).
+COMMAND_GROUPS = (traffic_commands, canary_commands, rollback_commands)
 
 EPILOG = """\
 The config is a JSON (or .yml/.yaml) file describing the components (default: ./.gantry).
@@ -99,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("component")
     p.add_argument("-m", "--monitor", action="store_true",
                    help="after the update, keep monitoring (see `gantry monitor`)")
+    canary_commands.add_canary_option(p)
     p = add("start", "start a component unless it already runs the same image and config",
             "Like update, but does nothing when the live container already runs the image "
             "repo:tag resolves to, with the same config hash.")
@@ -120,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
             "healthFailures consecutive failures replace it through the update lifecycle "
             "(same image). Ctrl-C ends it. Ends by itself when the component is stopped.")
     p.add_argument("component")
+    for group in COMMAND_GROUPS:
+        group.register(add)
     return parser
 
 
@@ -188,6 +197,9 @@ def run(args: argparse.Namespace) -> int:
     config_path = Path(args.config)
     config = load_config(config_path)  # ConfigError: exit 2 before touching anything
     component = config.component(args.component) if args.component else None
+    canary = getattr(args, "canary", None)
+    if canary is not None and args.monitor:
+        raise UsageError("--canary and -m do not go together (promote or abort first)")
     project = _project(args, config_path)
     machine = args.machine or socket.gethostname()
     client = connect()
@@ -196,6 +208,11 @@ def run(args: argparse.Namespace) -> int:
                 reporter=ConsoleReporter(), backend_mode=args.backend_mode,
                 lock_wait=args.wait)
     life = Lifecycle(host)
+    if canary is not None:
+        return canary_commands.cmd_update(args, life, component)
+    for group in COMMAND_GROUPS:
+        if args.command in group.COMMANDS:
+            return group.COMMANDS[args.command](args, life, component)
     if args.command == "list":
         groups = ({component.name: life.status(component)} if component
                   else life.status_all())

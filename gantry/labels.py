@@ -15,6 +15,11 @@ MACHINE = PREFIX + "machine"
 CONFIG_HASH = PREFIX + "config-hash"
 IMAGE = PREFIX + "image"
 ORIGIN = PREFIX + "origin"
+# The percentage a canary container was created for (gantry/canary.py); absent otherwise.
+CANARY = PREFIX + "canary"
+# The images this component ran on this host and which of them gantry pulled
+# (gantry/retention.py); each new container carries the record forward.
+IMAGES = PREFIX + "images"
 
 ORIGINS = ("gantry", "gantryd")
 
@@ -29,8 +34,13 @@ class GantryLabels:
     config_hash: str
     image: str
     origin: str
+    canary: str = ""  # set only on a canary container: the percentage it was made for
+    images: str = ""  # the retention record (gantry/retention.py), JSON
 
     def to_dict(self) -> dict[str, str]:
+        extra = {CANARY: self.canary} if self.canary else {}
+        if self.images:
+            extra[IMAGES] = self.images
         return {
             PROJECT: self.project,
             COMPONENT: self.component,
@@ -38,6 +48,7 @@ class GantryLabels:
             CONFIG_HASH: self.config_hash,
             IMAGE: self.image,
             ORIGIN: self.origin,
+            **extra,
         }
 
     @classmethod
@@ -49,6 +60,8 @@ class GantryLabels:
             config_hash=labels.get(CONFIG_HASH, ""),
             image=labels.get(IMAGE, ""),
             origin=labels.get(ORIGIN, ""),
+            canary=labels.get(CANARY, ""),
+            images=labels.get(IMAGES, ""),
         )
 
 

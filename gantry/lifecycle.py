@@ -24,6 +24,10 @@ alone, so any gantry process may be killed at any moment:
 * a stopped container of the component is removed;
 * a running container that is the backend of a route is live (the newest one if several, after
   a crash mid-switch; the other routes are switched to it);
+* a running container labelled ``io.gantry.canary`` that is an active, non-primary backend of
+  every route is the canary of a weighted split (:mod:`gantry.canary`): it is kept, the split
+  is never "finished" by removing one side. A split on some routes only (a canary start or
+  abort killed between two route changes) is resolved to the primary alone;
 * a running container newer than the live one that the proxy has never seen was a new
   container of an interrupted update: it is removed;
 * any other running container is old: it is drained, stopped and removed.
@@ -42,16 +46,20 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import docker
 
 from . import checks as C
+from . import health as H
 from . import labels as L
+from . import retention
+from .bake import Bake
 from .errors import CheckFailed, GantryError, ImageError, RouteError, UpdateFailed
 from .lock import ComponentLock
 from .progress import Reporter
 from .runtime import ContainerInfo, Runtime
+from .traffic import describe as describe_traffic
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +70,7 @@ DRAIN_SLICE = 1.0
 # so the proxy turns new connections away while it keeps counting the live ones.
 PARK_BACKEND = "127.0.0.1:9"
 
-STATES = ("running", "draining", "starting", "stopped")
+STATES = ("running", "canary", "draining", "starting", "stopped")
 
 # Given to a container once it is live (never during its ready checks, so a crashing new
 # version is not restarted in a loop): the engine brings it back after a restart of its own
@@ -88,6 +96,8 @@ class ContainerStatus:
     routed: bool = False
     docker_status: str = ""
     backends: tuple[str, ...] = ()  # proxy backend addresses of this container
+    canary: int | None = None  # state canary: its percentage of new connections
+    traffic: str = ""  # the routes' pause/maintenance note (gantry.traffic.describe)
 
     @property
     def short_id(self) -> str:
@@ -97,6 +107,10 @@ class ContainerStatus:
     def display_state(self) -> str:
         if self.state == "draining":
             return f"draining ({self.live} connection{'s' if self.live != 1 else ''})"
+        if self.state == "canary":
+            return f"canary {self.canary}%"
+        if self.state == "running" and self.traffic:
+            return f"running ({self.traffic})"
         return self.state
 
     def uptime(self, now: datetime | None = None) -> float | None:
@@ -114,7 +128,8 @@ class ContainerStatus:
             "configHash": self.config_hash, "origin": self.origin, "machine": self.machine,
             "created": self.created, "startedAt": self.started_at, "state": self.state,
             "display": self.display_state, "live": self.live, "routed": self.routed,
-            "uptime": self.uptime(), "backends": list(self.backends),
+            "uptime": self.uptime(), "backends": list(self.backends), "traffic": self.traffic,
+            "canary": self.canary,
         }
 
 
@@ -228,12 +243,33 @@ class _View:
         routed = [c for c in self.containers if c.running and self.routed(c)]
         return routed[-1] if routed else None
 
+    def canary(self) -> ContainerInfo | None:
+        """The canary of a weighted split: the newest running container labelled as one that
+        is an active, non-primary backend of every route (a partial split is none)."""
+        for info in reversed(self.containers):
+            if info.running and info.labels.canary and self.routes and all(
+                    any(self._matches(info, a) for a, _ in active_backends(r)[1:])
+                    for r in self.routes):
+                return info
+        return None
+
+    def share(self, info: ContainerInfo) -> int | None:
+        """The percentage of new connections ``info`` gets (first route by name)."""
+        for route in sorted(self.routes, key=lambda r: r["name"]):
+            active = active_backends(route)
+            for address, weight in active:
+                if self._matches(info, address):
+                    return round(100 * weight / sum(w for _, w in active))
+        return None
+
     def status(self, info: ContainerInfo) -> ContainerStatus:
-        live = self.live()
+        live, canary = self.live(), self.canary()
         if not info.running:
             state = "stopped"
         elif self.routed(info):
             state = "running"
+        elif canary is not None and info.id == canary.id:
+            state = "canary"
         elif self.live_connections(info) or (live is not None and info.created < live.created):
             state = "draining"
         else:
@@ -246,6 +282,8 @@ class _View:
             machine=info.labels.machine, created=info.created, started_at=info.started_at,
             state=state, live=self.live_connections(info), routed=self.routed(info),
             docker_status=info.status, backends=tuple(a for _, a in self.pairs(info)),
+            canary=self.share(info) if state == "canary" else None,
+            traffic=describe_traffic(self.routes) if state == "running" else "",
         )
 
 
@@ -277,6 +315,10 @@ class Lifecycle:
                     and (component is None or "." not in rest):
                 out.append(r)
         return out
+
+    def routes(self, component: Any) -> list[dict]:
+        """The proxy routes of one component (``<project>.<component>.<port>``)."""
+        return self._routes(_name_of(component))
 
     def _view(self, component: str) -> _View:
         sel = L.selector(self.host.project, self.host.machine, component)
@@ -381,18 +423,45 @@ class Lifecycle:
 
     def _deploy(self, component: Any, image: str | None) -> Deployment:
         started = time.monotonic()
-        rep, rt = self.reporter, self.runtime
-        name = component.name
+        ref = self._pull(component, image)
+        bake = Bake.begin(self, component)  # what to go back to (None: no bake)
+        info = self._start_new(component, ref, lambda new: self._switch_routes(component,
+                                                                               (new, 1)))
+        if bake is not None:
+            bake.hold(info)  # UpdateFailed: routes back on the old container, the new gone
+        replaced = self._retire_others(component, keep=info.id)
+        live = self.current(component)
+        assert live is not None
+        elapsed = time.monotonic() - started
+        self.reporter.step(f"{component.name}: {live.short_id} is live ({ref}); "
+                           f"done in {elapsed:.1f}s")
+        return Deployment(component.name, live, ref, changed=True, replaced=tuple(replaced),
+                          elapsed=elapsed)
+
+    def _pull(self, component: Any, image: str | None) -> str:
+        """Resolve ``repo:tag`` (unless ``image`` is given) and pull; answers the pinned ref."""
+        rep, name = self.reporter, component.name
         rep.step(f"{name}: update starts" + (f" to {image}" if image else
                                                 f", resolving {component.image}"))
         ref = image or self._wrap(lambda: self.resolve(component), component)
-        if self._wrap(lambda: rt.ensure_image(ref), component):
+        if self._wrap(lambda: self.runtime.ensure_image(ref), component):
             rep.step(f"{name}: pulled {ref}")
         else:
             rep.step(f"{name}: image {ref} is present")
+        return ref
+
+    def _start_new(self, component: Any, ref: str, route: Callable[[ContainerInfo], None],
+                   canary: str = "") -> ContainerInfo:
+        """Start a new container of ``ref`` beside the live one, wait for its ready checks,
+        then ``route(info)`` puts it in the proxy and (unless a canary) the restart policy.
+
+        On any failure the new container goes, the routes stay as they were and (for a
+        GantryError) UpdateFailed rises. ``canary``: the io.gantry.canary label.
+        """
+        rep, rt, name = self.reporter, self.runtime, component.name
         new_id: str | None = None
         try:
-            new_id = self._create(component, ref)
+            new_id = self._create(component, ref, canary)
             rep.step(f"{name}: started {new_id[:12]}; waiting for ready checks "
                      f"(up to {component.ready_timeout:g}s)")
             C.wait_for_checks(component.ready_checks, rt, new_id, component.ready_timeout, rep)
@@ -400,8 +469,9 @@ class Lifecycle:
             info = rt.inspect(new_id)
             if info is None:
                 raise CheckFailed(f"container {new_id[:12]} disappeared")
-            self._switch_routes(component, info)
-            self._keep_up(info.id)
+            route(info)
+            if not canary:  # a canary gets it when promoted: an engine restart ends a canary
+                self._keep_up(info.id)
         except BaseException as exc:
             # Whatever happened (check failure, Docker error, Ctrl-C), the new container goes
             # and the old one, still routed, keeps serving.
@@ -410,19 +480,14 @@ class Lifecycle:
             if isinstance(exc, GantryError):
                 raise self._failed(component, exc) from exc
             raise
-        replaced = self._retire_others(component, keep=new_id)
-        live = self.current(component)
-        assert live is not None
-        elapsed = time.monotonic() - started
-        rep.step(f"{name}: {live.short_id} is live ({ref}); done in {elapsed:.1f}s")
-        return Deployment(name, live, ref, changed=True, replaced=tuple(replaced),
-                          elapsed=elapsed)
+        return info
 
-    def _create(self, component: Any, ref: str) -> str:
+    def _create(self, component: Any, ref: str, canary: str = "") -> str:
         rt = self.runtime
         labels = L.GantryLabels(
             project=self.host.project, component=component.name, machine=self.host.machine,
             config_hash=component.spec_hash(), image=ref, origin=self.host.origin,
+            canary=canary, images=retention.label_for(self, component, ref),
         ).to_dict()
         cname = f"{self.host.project}.{component.name}.{secrets.token_hex(4)}"
         try:
@@ -465,34 +530,42 @@ class Lifecycle:
                                   f"(the next gantry command removes it)")
 
     # -- routes ---------------------------------------------------------------------------
-    def _set_route(self, name: str, listen: str, backend: str, kind: str,
-                   idle_timeout: float | None) -> dict:
+    def _set_route(self, name: str, listen: str, backend: str | Sequence[tuple[str, int]],
+                   kind: str, idle_timeout: float | None) -> dict:
+        """Create or switch one route to ``backend``: an address, or (address, weight) pairs
+        to split new connections over (the first is the primary)."""
         try:
-            answer = self.proxy.set_route(name, listen=listen, backend=backend, kind=kind,
-                                          idle_timeout=idle_timeout)
+            answer = self.proxy.set_route(name, listen=listen, kind=kind,
+                                          idle_timeout=idle_timeout, **_target(backend))
         except Exception as exc:
-            raise RouteError(f"proxy refused route {name} -> {backend}: {exc}") from exc
+            raise RouteError(f"proxy refused route {name} -> {_describe(backend)}: "
+                             f"{exc}") from exc
         route = (answer or {}).get("route") or {}
         if route.get("state") == "error":
             raise RouteError(f"proxy cannot listen on {listen} for {name}: {route.get('error')}")
         return answer or {}
 
-    def _switch_routes(self, component: Any, info: ContainerInfo) -> None:
-        """Point every port's route at ``info``; all or nothing (rolled back on failure)."""
+    def _switch_routes(self, component: Any, *sides: tuple[ContainerInfo, int]) -> None:
+        """Point every port's route at the (container, weight) ``sides``: one side gets every
+        new connection, several split them by weight (the first is the primary). All or
+        nothing (rolled back on failure)."""
         before = {r["name"]: r for r in self._routes(component.name)}
         done: list[str] = []
         try:
             for port in component.ports:
                 name = self.host.route_name(component.name, port.external)
-                backend = self.runtime.backend(info, port.container)
-                if backend is None:
-                    raise RouteError(f"container port {port.container} of {info.short_id} "
-                                     "is not reachable")
-                self._set_route(name, self.host.listen(port.external), backend, port.kind,
+                backends = []
+                for info, weight in sides:
+                    backend = self.runtime.backend(info, port.container)
+                    if backend is None:
+                        raise RouteError(f"container port {port.container} of "
+                                         f"{info.short_id} is not reachable")
+                    backends.append((backend, weight))
+                self._set_route(name, self.host.listen(port.external), backends, port.kind,
                                 component.drain_idle_timeout)
                 done.append(name)
                 self.reporter.step(f"{component.name}: route {name} "
-                                   f"{self.host.listen(port.external)} -> {backend}")
+                                   f"{self.host.listen(port.external)} -> {_describe(backends)}")
         except BaseException:
             self._restore_routes(done, before)
             raise
@@ -504,24 +577,29 @@ class Lifecycle:
                 if old is None:
                     self.proxy.remove_route(name)
                 else:
-                    self.proxy.set_route(name, listen=old["listen"], backend=old["backend"],
-                                         kind=old.get("kind", "tcp"),
-                                         idle_timeout=old.get("idleTimeout"))
+                    self.proxy.set_route(name, listen=old["listen"], kind=old.get("kind", "tcp"),
+                                         idle_timeout=old.get("idleTimeout"),
+                                         **_target(active_backends(old)))
             except Exception as exc:
                 self.reporter.warning(f"could not restore route {name}: {exc}")
 
     def _ensure_routes(self, component: Any, container_id: str) -> None:
-        """Make every port of ``component`` route to the given (live) container."""
+        """Make every port of ``component`` route to the given (live) container, alone or in
+        a split with the component's canary (any other active backend is dropped)."""
         info = self.runtime.inspect(container_id)
         if info is None or not info.running:
             return
-        routes = {r["name"]: r for r in self._routes(component.name)}
+        view = self._view(component.name)
+        canary = view.canary()
+        routes = {r["name"]: r for r in view.routes}
         for port in component.ports:
             name = self.host.route_name(component.name, port.external)
             backend = self.runtime.backend(info, port.container)
             route = routes.get(name)
             if backend is None or (route and route.get("backend") == backend
-                                   and route.get("state") != "error"):
+                                   and route.get("state") != "error"
+                                   and all(canary is not None and view._matches(canary, a)
+                                           for a, _ in active_backends(route)[1:])):
                 continue
             self._set_route(name, self.host.listen(port.external), backend, port.kind,
                             component.drain_idle_timeout)
@@ -535,6 +613,7 @@ class Lifecycle:
             if info.id != keep:
                 self._retire(component, info, view, drain=True)
                 retired.append(info.id)
+        retention.prune(self, component)  # their images are free now: keep the last N
         return retired
 
     def _retire(self, component: Any, info: ContainerInfo, view: _View, drain: bool) -> None:
@@ -668,8 +747,9 @@ class Lifecycle:
             self._discard(info.id)
         if live is not None:
             self._ensure_routes(component, live.id)
+        canary = view.canary() if live is not None else None
         for info in view.containers:
-            if not info.running or info is live:
+            if not info.running or info is live or info is canary:
                 continue
             if (live is None or info.created > live.created) and not view.seen_by_proxy(info):
                 self.reporter.step(f"{component.name}: removing {info.short_id}, left by an "
@@ -702,37 +782,60 @@ class Lifecycle:
         Falls back to the ready checks when no health checks are configured.
         """
         stop = stop or threading.Event()
-        checks = component.health_checks or component.ready_checks
         if interval is None:
-            interval = min((c.interval for c in checks), default=1.0)
+            interval = H.interval_of(component)
         self.recover(component)
-        failures, watched = 0, None
+        streak = H.Streak(component.health_failures)
         rep = self.reporter
-        rep.step(f"{component.name}: monitoring ({len(checks)} check(s) every {interval:g}s, "
-                 f"replace after {component.health_failures} consecutive failures)")
+        rep.step(f"{component.name}: monitoring ({len(H.checks_of(component))} check(s) every "
+                 f"{interval:g}s, replace after {component.health_failures} consecutive failures)")
         while not stop.is_set():
             current = self.current(component)
             if current is None:
                 rep.step(f"{component.name}: no live container; monitor ends")
                 return
-            if current.id != watched:
-                failures, watched = 0, current.id
-            problems = C.check_once(checks, self.runtime, current.id)
-            if problems:
-                failures += 1
-                rep.warning(f"{component.name}: {current.short_id} unhealthy "
-                            f"({failures}/{component.health_failures}): {'; '.join(problems)}")
-            elif failures:
+            failing = streak.failures if streak.container == current.id else 0
+            H.examine(component, self.runtime, current.id, streak)
+            if streak.problems:
+                rep.warning(f"{component.name}: {current.short_id} {streak.describe()}")
+            elif failing:
                 rep.step(f"{component.name}: {current.short_id} healthy again")
-                failures = 0
-            if failures >= component.health_failures:
+            if streak.unhealthy:
                 rep.step(f"{component.name}: replacing {current.short_id}")
                 try:
                     self.update(component, image=current.image)
                 except UpdateFailed as exc:
                     rep.warning(f"replacement failed: {exc}")
-                failures = 0
+                streak.reset()
             stop.wait(interval)
+
+
+def active_backends(route: dict) -> list[tuple[str, int]]:
+    """(address, weight) of the backends a route sends new connections to, primary first
+    (draining ones have weight 0; a proxy without weights has the primary alone)."""
+    primary = route.get("backend")
+    weighted = [(b["address"], int(b["weight"])) for b in route.get("backends") or ()
+                if b.get("weight")]
+    if not any(a == primary for a, _ in weighted):
+        return [(primary, 1)] if primary else []
+    return sorted(weighted, key=lambda aw: aw[0] != primary)
+
+
+def _target(backend: str | Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """set_route keywords: one backend, or a weighted set (a set of one is one backend)."""
+    if isinstance(backend, str):
+        return {"backend": backend}
+    if len(backend) == 1:
+        return {"backend": backend[0][0]}
+    return {"backends": list(backend)}
+
+
+def _describe(backend: str | Sequence[tuple[str, int]]) -> str:
+    if isinstance(backend, str):
+        return backend
+    if len(backend) == 1:
+        return backend[0][0]
+    return ", ".join(f"{a} ({w})" for a, w in backend)
 
 
 def _probed_ports(component: Any) -> set[int]:
@@ -760,4 +863,5 @@ def _post(address: tuple[str, int] | None, path: str, timeout: float) -> str:
 
 
 def _is_not_found(exc: Exception) -> bool:
-    return getattr(exc, "status", None) == 404 or type(exc).__name__ in ("NotFound", "RouteNotFound")
+    return getattr(exc, "status", None) == 404 \
+        or type(exc).__name__ in ("NotFound", "RouteNotFound")

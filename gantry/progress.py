@@ -38,7 +38,8 @@ class Reporter:
         log.debug("%s", message)
 
     def draining(self, container_id: str, live: int, remaining: float) -> None:
-        log.info("draining %s: %d live connection(s), %.0fs left", container_id[:12], live, remaining)
+        log.info("draining %s: %d live connection(s), %.0fs left", container_id[:12], live,
+                 remaining)
 
     def warning(self, message: str) -> None:
         log.warning("%s", message)
@@ -88,10 +89,12 @@ class ConsoleReporter(Reporter):
     def draining(self, container_id: str, live: int, remaining: float) -> None:
         now = time.monotonic()
         last = self._last_drain
-        if last and last[0] == container_id and last[1] == live and now - last[2] < self.drain_every:
+        if last and last[0] == container_id and last[1] == live \
+                and now - last[2] < self.drain_every:
             return
         self._last_drain = (container_id, live, now)
-        self._line(f"draining {container_id[:12]}: {live} live connection(s), {remaining:.0f}s left")
+        self._line(f"draining {container_id[:12]}: {live} live connection(s), "
+                   f"{remaining:.0f}s left")
 
     def warning(self, message: str) -> None:
         log.debug("%s", message)

@@ -146,6 +146,9 @@ class Runtime:
             raise ValueError(f"backend_mode must be one of {BACKEND_MODES}, not {backend_mode!r}")
         self.client = client
         self.backend_mode = backend_mode
+        # Images this process pulled: a container created from one records it (its label
+        # io.gantry.images), so image retention removes only what gantry pulled.
+        self.pulled: set[str] = set()
 
     # -- images ---------------------------------------------------------------------------
     def resolve(self, repo: str, tag: str) -> str:
@@ -171,13 +174,36 @@ class Runtime:
         repo, tag = parse_repository_tag(ref)
         try:
             with docker_errors(f"pulling {ref}"):
-                for event in self.client.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+                for event in self.client.api.pull(repo, tag=tag or "latest", stream=True,
+                                                  decode=True):
                     if isinstance(event, dict) and event.get("error"):
                         raise ImageError(f"cannot pull {ref}: {event['error'].strip()}")
         except DockerFailed as exc:
             raise ImageError(f"cannot pull {ref}: {str(exc).split(': ', 1)[-1]}") from exc
         if not self.has_image(ref):
             raise ImageError(f"cannot pull {ref}: the engine reported no error but has no image")
+        self.pulled.add(ref)
+
+    def registry_has(self, ref: str) -> bool:
+        """Can the registry serve ``ref`` (``repo@sha256:...``)? False when it says no or
+        cannot be asked."""
+        try:
+            with docker_errors(f"asking the registry for {ref}"):
+                self.client.images.get_registry_data(ref)
+            return True
+        except GantryError:
+            return False
+
+    def remove_image(self, ref: str) -> bool:
+        """``docker rmi ref`` without force: an image a container uses (running or not) is
+        refused by the engine and kept. Answers whether the reference went."""
+        try:
+            with docker_errors(f"removing image {ref}"):
+                self.client.images.remove(ref, force=False)
+            return True
+        except DockerFailed as exc:
+            log.info("image %s kept: %s", ref, exc)
+            return False
 
     def ensure_image(self, ref: str) -> bool:
         """Make ``ref`` present locally; True when it had to be pulled."""

@@ -21,7 +21,11 @@ from gantry.config import ConfigError, load_config
 from gantry.progress import Reporter
 
 from . import etcd as E
-from . import rollout
+from . import freeze, history, revisions, rollout, split
+from .commands import canary as canary_commands
+from .commands import freeze as freeze_commands
+from .commands import history as history_commands
+from .commands import traffic as traffic_commands
 from .keys import DEFAULT_PREFIX, check_segment
 from .store import Desired, Store, StoreError, now_iso
 
@@ -31,6 +35,9 @@ ENV_ETCD = "GANTRYD_ETCD"
 ENV_PREFIX = "GANTRYD_PREFIX"
 ENV_PASSWORD = "GANTRYD_ETCD_PASSWORD"
 DEFAULT_ETCD = "127.0.0.1:2379"
+
+# Command groups kept in modules of their own (see gantryd/commands/__init__.py).
+COMMAND_GROUPS = (traffic_commands, canary_commands, history_commands, freeze_commands)
 
 
 class UsageError(Exception):
@@ -83,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("getconfig", "print the stored config (JSON)")
     p = command("update", "pin each component's image by digest and roll it out")
     _components(p)
+    canary_commands.add_canary_option(p)
     p.add_argument("--docker", default=None, help="Docker engine URL (default: environment)")
     p = command("run", "run the per-host daemon for these components (blocks)")
     _components(p)
@@ -103,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("wait", "block until the rollout is done (0), failed (1) or timed out (2)")
     _components(p)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    for group in COMMAND_GROUPS:
+        group.register(command, _components)
     return parser
 
 
@@ -135,7 +145,7 @@ def cmd_setconfig(args, store: Store) -> int:
         print(exc, file=sys.stderr)
         print("Configuration not stored.", file=sys.stderr)
         return 2
-    store.set_config(config)
+    revisions.set_config(store, config)  # with its audit entry (who, which components)
     print("Configuration updated")
     return 0
 
@@ -174,8 +184,9 @@ def cmd_update(args, store: Store) -> int:
     from gantry.runtime import connect as docker_connect
     config = store.require_config()
     components = {name: config.component(name) for name in args.components}
-    for name in components:  # an unreadable desired state fails here, before Docker is asked
-        store.desired(name)
+    # An unreadable desired state fails here, before Docker is asked; what is read is what
+    # the update is decided on (history.expect).
+    seen = {name: store.desired(name) for name in components}
     docker_client = docker_connect(args.docker)
     pinned = {}
     try:
@@ -187,12 +198,16 @@ def cmd_update(args, store: Store) -> int:
         docker_client.close()
 
     def change(name: str, current: Desired | None) -> Desired:
+        history.expect(name, seen[name], current, "update")
         comp = components[name]
-        return Desired(status="ready", revision=(current.revision if current else 0) + 1,
-                       image=pinned[name], config_hash=comp.spec_hash(),
-                       component=comp.to_dict(), updated_at=now_iso())
+        new = Desired(status="ready", revision=(current.revision if current else 0) + 1,
+                      image=pinned[name], config_hash=comp.spec_hash(),
+                      component=comp.to_dict(), updated_at=now_iso())
+        new = history.stamp(new, history.UPDATE)
+        return canary_commands.shape(args, new, current)  # --canary: as a canary
     for name, desired in store.change_desired(args.components, change).items():
-        print(f"Component {name} -> {desired.image} (revision {desired.revision})")
+        canary = f", canary {desired.canary}%" if desired.canary else ""
+        print(f"Component {name} -> {desired.image} (revision {desired.revision}{canary})")
     return 0
 
 
@@ -206,7 +221,8 @@ def _set_status(store: Store, names: Sequence[str], status: str) -> int:
         assert current is not None
         return Desired(status=status, revision=current.revision + 1, image=current.image,
                        config_hash=current.config_hash, component=current.component,
-                       updated_at=now_iso())
+                       updated_at=now_iso(), actor=history.actor(),
+                       cause=history.STOP if status == "stopped" else history.KILL)
     for name, desired in store.change_desired(names, change).items():
         print(f"Component {name} -> {status} (revision {desired.revision})")
     return 0
@@ -241,14 +257,19 @@ def cmd_list(args, store: Store) -> int:
     for name in names:
         desired = store.desired(name)
         machines = store.machines(name)
+        holds = freeze.read(store, name)
         out[name] = {"desired": desired.to_json() if desired else None,
-                     "machines": [m.to_json() for m in machines]}
+                     "machines": [m.to_json() for m in machines], "freeze": holds.to_json()}
         status = "-" if desired is None else (
             f"halted ({desired.halted.machine})" if desired.is_halted and desired.halted
-            else desired.status)
+            else split.desired_status(desired))
         rows.append([name, status, _short(desired.image if desired else None)])
         for m in machines:
-            hosts.append([m.machine, name, m.status, _short(m.image), m.since or "-",
+            shown = split.host_status(m)  # `canary P%` for a host in a fleet canary
+            hold = holds.of(m.machine) if m.status == "frozen" else None
+            shown = hold.describe() if hold else shown  # frozen (reason, who, since)
+            status = f"{shown} ({', '.join(m.traffic)})" if m.traffic else shown
+            hosts.append([m.machine, name, status, _short(m.image), m.since or "-",
                           m.error or ""])
     if args.json:
         print(json.dumps(out, indent=2))
@@ -280,8 +301,12 @@ def cmd_wait(args, store: Store) -> int:
                 return 1
             if all(p.done for p in states.values()):
                 for name, p in states.items():
+                    # The host that completed it marks it done too; after `wait` it is there.
+                    revisions.mark_done(store, name)
                     if p.canaries:
                         print(f"{name}: left out canary hosts: {', '.join(p.canaries)}")
+                    if p.frozen:
+                        print(f"{name}: left out frozen hosts: {', '.join(p.frozen)}")
                 return 0
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not changed.wait(remaining):
@@ -316,6 +341,8 @@ COMMANDS = {
     "setconfig": cmd_setconfig, "getconfig": cmd_getconfig, "update": cmd_update,
     "run": cmd_run, "list": cmd_list, "stop": cmd_stop, "kill": cmd_kill, "wait": cmd_wait,
 }
+for _group in COMMAND_GROUPS:
+    COMMANDS.update(_group.COMMANDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,16 +14,22 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
+from gantry import retention
 from gantry.errors import GantryError, RouteError
 
 from . import etcd as E
 from . import rollout as R
+from . import freeze, revisions, split
+from .health import HealthWatch
+from .pulls import Pulls
 from .store import Desired, MachineStatus, Slot, Store, StoreError, now_iso
+from .traffic_sync import TrafficSync
 
 log = logging.getLogger("gantryd.daemon")
 
 RESYNC_INTERVAL = 30.0  # self-check without any event (a container that died, missed events)
 BACKOFF_START, BACKOFF_MAX = 0.25, 5.0
+SETTLED = ("ready", "split", "stopped", "killed")  # a host that reached the desired state
 
 
 @dataclass
@@ -33,6 +39,7 @@ class _Outcome:
     slot: Slot
     desired: Desired
     error: str | None
+    remediation: str | None = None  # why an unhealthy container was replaced (no halt)
 
 
 class Daemon:
@@ -58,27 +65,40 @@ class Daemon:
         self.outcomes: dict[str, _Outcome] = {}
         self.canary: dict[str, int] = {}  # component -> desired revision when first seen
         self.recovered: set[str] = set()
+        self._kept: dict[str, tuple[Any, tuple[str, ...]]] = {}  # component -> retained images
         self.repair = repair  # restarts the local proxy when it stopped answering
         self.proxy_pid = proxy_pid  # the local proxy's pid, None when it does not answer
         self._problem: str | None = None
         self._watch: E.Watch | None = None
         self._docker_events: Any = None
+        # Pause/maintenance from etcd, applied in a thread of its own (fast while we update);
+        # a change of what the routes do is reported through our loop.
+        self.traffic = TrafficSync(store, self.components, lifecycle, on_change=self.wake.set)
+        # Health checks in a thread of their own; remediation goes through our loop.
+        self.health = HealthWatch(lifecycle, on_unhealthy=self.wake.set)
+        self.pulls = Pulls(store, machine, lifecycle.runtime)  # rollout.maxParallelPulls
 
     # -- wiring ----------------------------------------------------------------------------
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
+        self.traffic.poke()
 
     def _on_watch(self, batch: E.WatchBatch) -> None:
         if batch.resync:
             self.wake.set()
+            self.traffic.poke()
             return
         for event in batch.events:
             ref = self.store.keys.parse(event.key)
+            if ref.component in self.components and ref.kind == "traffic":
+                self.traffic.poke()
+                continue
             # A slot key being taken frees nothing: only a release (or an expiry) of a slot
             # can let a waiting host on, so only those wake the hosts (all of them, at once).
             if ref.component in self.components and (
-                    ref.kind == "desired" or (ref.kind == "lock" and event.kind == "delete")):
+                    ref.kind in ("desired", "freeze")
+                    or (ref.kind in ("lock", "pulls") and event.kind == "delete")):
                 self.wake.set()
                 return
             if ref.component in self.components and ref.kind == "machines" \
@@ -90,6 +110,7 @@ class Daemon:
         # Up: changes made while we were cut off are replayed; re-check anyway.
         # Down: find out (and say) whether etcd is gone, instead of idling unaware.
         self.wake.set()
+        self.traffic.poke()
 
     def _watch_docker(self) -> None:
         """Wake up when a container of ours starts or dies (a local `gantry update`, a
@@ -116,6 +137,10 @@ class Daemon:
                  ", ".join(self.components), self.store.project)
         self._watch = self.store.watch(self._on_watch, on_state=self._on_watch_state)
         threading.Thread(target=self._watch_docker, name="docker-events", daemon=True).start()
+        threading.Thread(target=self.traffic.run, args=(self.stopping,), name="traffic",
+                         daemon=True).start()
+        threading.Thread(target=self.health.run, args=(self.stopping,), name="health",
+                         daemon=True).start()
         if self.repair is not None and self.proxy_pid is not None:
             threading.Thread(target=self._keep_proxy, name="proxy-keeper", daemon=True).start()
         delay = BACKOFF_START
@@ -127,9 +152,11 @@ class Daemon:
                     for component in self.components:
                         if self.stopping.is_set():
                             break
+                        self.pulls.settle(component)
                         self._finish(component)
                         self.reconcile(component)
                     self._healthy()
+                    self.traffic.poke()  # a route this turn created gets its pause too
                     delay = BACKOFF_START
                     self.wake.wait(self.resync_interval)
                 except Exception as exc:  # never die on one bad turn: retry with backoff
@@ -179,6 +206,7 @@ class Daemon:
                 log.warning("gantry-proxy (pid %d) exited; restarting it", pid)
                 self._repair()
                 self.wake.set()
+                self.traffic.poke()
 
     def _current_proxy_pid(self) -> int | None:
         try:
@@ -218,8 +246,13 @@ class Daemon:
         current = self.lifecycle.current(component)
         if current is None:
             return None
+        from gantry.canary import Canary
+        canary = Canary(self.lifecycle).find(component)
         return R.Live(image=current.image, config_hash=current.config_hash,
-                      origin=current.origin, running=current.state == "running")
+                      origin=current.origin, running=current.state == "running",
+                      canary=canary and R.Live(image=canary.image, origin=canary.origin,
+                                               config_hash=canary.config_hash,
+                                               percent=canary.canary))
 
     def _recover_once(self, desired: Desired | None, component: str) -> None:
         """After a (re)start, and whenever the component is not clean (one running, routed
@@ -229,7 +262,8 @@ class Daemon:
             return
         if component in self.recovered:
             containers = self.lifecycle.status(component)
-            if len(containers) <= 1 and all(c.state == "running" for c in containers):
+            # Clean: one running, routed container, or that and its canary (a whole split).
+            if sorted(c.state for c in containers) in ([], ["running"], ["canary", "running"]):
                 return
         self.lifecycle.recover(desired.model())
         self.recovered.add(component)
@@ -238,13 +272,20 @@ class Daemon:
         if component in self.outcomes:
             return  # its last outcome is not recorded yet
         desired = self.store.desired(component)
+        if self._frozen(component, desired):
+            return  # an operator works on this host by hand: no recover, update or slot
         self._recover_once(desired, component)
         live = self._live(component)
         decision = R.decide(desired, live, self.machine, self._canary_seen(component, live))
         if decision.canary_revision is not None:
             self.canary[component] = decision.canary_revision
         revision = desired.revision if desired else 0
-        if decision.action == R.DEPLOY:
+        why = self.health.due(component, desired,
+                              ready=decision.action == R.IDLE and decision.status == "ready")
+        if why is not None:  # unhealthy: replace it under a rollout slot (gantryd/health.py)
+            assert desired is not None
+            self._deploy(component, desired, live, remediation=why)
+        elif decision.action == R.DEPLOY:
             assert desired is not None
             self._deploy(component, desired, live)
         elif decision.action in (R.STOP, R.KILL):
@@ -256,10 +297,19 @@ class Daemon:
             error = decision.reason if decision.action in (R.WAIT,) else None
             self.report(component, decision.status, revision, live, error)
 
+    def _frozen(self, component: str, desired: Desired | None) -> bool:
+        """Is this host frozen for `component` (gantryd/freeze.py)? Then only report it."""
+        if freeze.read(self.store, component).of(self.machine) is None:
+            return False
+        self.health.due(component, desired, ready=False)  # no remediation either
+        self.report(component, "frozen", desired.revision if desired else 0,
+                    self._live(component))
+        return True
+
     def _canary_seen(self, component: str, live: R.Live | None) -> int | None:
         """The desired revision current when the local canary was first seen (remembered
         across our restarts through our last status, while its lease lives)."""
-        if live is None or live.origin != R.ORIGIN_LOCAL:
+        if live is None or not live.local:
             self.canary.pop(component, None)
             return None
         if component not in self.canary:
@@ -271,32 +321,45 @@ class Daemon:
                 self.canary[component] = previous.canary_revision
         return self.canary.get(component)
 
-    def _deploy(self, component: str, desired: Desired, live: R.Live | None) -> None:
+    def _deploy(self, component: str, desired: Desired, live: R.Live | None,
+                remediation: str | None = None) -> None:
+        """Pull, take a rollout slot, run the lifecycle. `remediation`: why the (unhealthy)
+        live container is replaced by a new one of the same desired state."""
         assert desired.image is not None and self.lease is not None
-        # Pull outside the slot: pulls of several hosts overlap, slots are held only for
-        # the switch itself.
+        # Pull outside the switch slot (under a pull slot when rollout.maxParallelPulls
+        # says so): switch slots are held only for the switch itself.
         try:
-            if not self.lifecycle.runtime.has_image(desired.image):
-                self.report(component, "pulling", desired.revision, live)
-                self.lifecycle.runtime.pull(desired.image)
+            if not self.pulls.pull(component, desired, self.lease.id, lambda status, note:
+                                   self.report(component, status, desired.revision, live, note)):
+                return  # waiting for a pull slot: its release (watch on pulls/) wakes us up
         except GantryError as exc:
             self._fail(component, desired, live, f"pull failed: {exc}")
             return
+        except StoreError:
+            self.wake.set()  # desired changed under us: decide again
+            return
+        if remediation is not None:
+            log.warning("%s: %s; replacing it", component, remediation)
+            self.report(component, "unhealthy", desired.revision, live, remediation)
         try:
-            slot = self.store.acquire_slot(component, desired, self.machine, self.lease.id)
+            slot = self.store.acquire_slot(component, desired, self.machine, self.lease.id,
+                                           detail=remediation and f"remediation: {remediation}")
         except StoreError:
             self.wake.set()  # desired changed under us: decide again
             return
         if slot is None:
-            self.report(component, "waiting", desired.revision, live,
-                        "waiting for a rollout slot")
+            if remediation is None:
+                self.report(component, "waiting", desired.revision, live,
+                            "waiting for a rollout slot")
             return  # a slot's release (watch on lock/) wakes us up
-        log.info("%s: slot %d taken; updating to %s", component, slot.index, desired.image)
-        self.report(component, "updating", desired.revision, live)
+        log.info("%s: slot %d taken; %s %s", component, slot.index,
+                 "replacing with" if remediation else "updating to", desired.image)
+        self.report(component, "restarting" if remediation else "updating", desired.revision,
+                    live)
         error = None
         proxy_before = self._current_proxy_pid()
         try:
-            self.lifecycle.update(desired.model(), image=desired.image)
+            split.apply(self.lifecycle, desired, live)  # an update, or a canary step
         except GantryError as exc:
             if self._proxy_died(exc, proxy_before):
                 # Our own proxy went away under the update (the old container, still routed
@@ -311,7 +374,7 @@ class Daemon:
                 return
             error = str(exc)
             log.error("%s: update failed: %s", component, error)
-        self.outcomes[component] = _Outcome(slot, desired, error)
+        self.outcomes[component] = _Outcome(slot, desired, error, remediation)
         self._finish(component)
 
     def _proxy_died(self, exc: GantryError, pid_before: int | None) -> bool:
@@ -324,9 +387,10 @@ class Daemon:
 
     def _fail(self, component: str, desired: Desired, live: R.Live | None, error: str) -> None:
         log.error("%s: %s", component, error)
-        if self.store.halt(component, desired, self.machine, error):
-            log.warning("%s: rollout of revision %d halted fleet-wide", component,
-                        desired.revision)
+        done = revisions.fail(self.store, component, desired, self.machine, error)
+        if done is not None:  # halted, or halted and reverted (rollout.onFailure)
+            log.warning("%s: rollout of revision %d %s fleet-wide", component,
+                        desired.revision, done)
         self.report(component, "failed", desired.revision, live, error)
 
     def _finish(self, component: str) -> None:
@@ -335,13 +399,20 @@ class Daemon:
         if outcome is None:
             return
         live = self._live(component)
-        if outcome.error is not None:
+        if outcome.error is not None and outcome.remediation is not None:
+            # The replacement failed; the old container keeps serving. Not a rollout: no halt.
+            self.report(component, "unhealthy", outcome.desired.revision, live,
+                        f"replacement failed: {outcome.error}")
+        elif outcome.error is not None:
             self._fail(component, outcome.desired, live, outcome.error)
         else:
-            self.report(component, "ready", outcome.desired.revision, live)
+            self.report(component, R.settled(outcome.desired), outcome.desired.revision, live)
         kept = self.store.release_slot(outcome.slot, self.machine,
                                        "failed" if outcome.error else "released",
-                                       detail=outcome.error)
+                                       detail=outcome.error or (outcome.remediation
+                                                                and "remediated"))
+        if outcome.remediation is not None:
+            self.health.reset(component)  # count healthFailures afresh before another try
         if not kept:
             log.warning("%s: our rollout slot had expired before we released it", component)
         del self.outcomes[component]
@@ -355,7 +426,11 @@ class Daemon:
         new = MachineStatus(machine=self.machine, status=status, revision=revision,
                             image=live.image if live else None,
                             config_hash=live.config_hash if live else None,
-                            error=error, canary_revision=self.canary.get(component))
+                            split_percent=live.canary.percent if live and live.canary else None,
+                            split_image=live.canary.image if live and live.canary else None,
+                            error=error, canary_revision=self.canary.get(component),
+                            traffic=self.traffic.states.get(component, ()),
+                            retained=self._retained(component, live))
         old = self.reported.get(component)
         if old is not None and replace(old, since="") == new:
             return
@@ -364,7 +439,22 @@ class Daemon:
         self.store.put_machine(component, new, self.lease.id)
         if old is None or old.status != status:
             log.info("%s: %s%s", component, status, f" ({error})" if error else "")
+        if status in SETTLED and (old is None or (old.status, old.revision) != (status, revision)):
+            revisions.mark_done(self.store, component, revision)  # the last host in marks it
         self.reported[component] = new
+
+    def _retained(self, component: str, live: R.Live | None) -> tuple[str, ...]:
+        """Images kept here for a rollback (the live container's record: looked up again
+        only when the live container changes)."""
+        key = (live.image, live.config_hash) if live else None
+        cached = self._kept.get(component)
+        if cached is None or cached[0] != key:
+            try:
+                cached = self._kept[component] = (key, retention.retained(self.lifecycle,
+                                                                          component))
+            except GantryError:  # Docker or the proxy away: the next report says it
+                return cached[1] if cached else ()
+        return cached[1]
 
 
 def _log_reporter():

@@ -3,9 +3,14 @@
 ```
 <prefix>/projects/<p>/config                                  validated config (JSON)
 <prefix>/projects/<p>/components/<c>/desired                  desired state (JSON)
+<prefix>/projects/<p>/components/<c>/traffic                  pause / maintenance (JSON)
 <prefix>/projects/<p>/components/<c>/machines/<m>             host status, on the host's lease
 <prefix>/projects/<p>/components/<c>/lock/<slot>              rollout slot, on the holder's lease
+<prefix>/projects/<p>/components/<c>/pulls/<slot>             pull slot, on the holder's lease
+<prefix>/projects/<p>/components/<c>/freeze                   frozen hosts (JSON)
 <prefix>/projects/<p>/components/<c>/history/<revision>       desired state of each revision
+<prefix>/projects/<p>/components/<c>/done/<revision>          a revision every host reached
+<prefix>/projects/<p>/configlog/<version>                     who changed the config, when
 <prefix>/projects/<p>/components/<c>/events/<revision>/<id>   slot acquired/released, failures
 ```
 Revisions in keys are zero-padded so that key order is numeric order.
@@ -43,7 +48,8 @@ class KeyRef:
     """What a key under a project is about (see Keys.parse)."""
 
     component: str | None
-    kind: str  # config | desired | machines | lock | history | events | other
+    kind: str  # config | desired | traffic | machines | lock | pulls | freeze | history |
+    #            events | other
     rest: str = ""
 
 
@@ -73,6 +79,9 @@ class Keys:
     def desired(self, c: str) -> str:
         return self.component(c) + "desired"
 
+    def traffic(self, c: str) -> str:
+        return self.component(c) + "traffic"
+
     def machines(self, c: str) -> str:
         return self.component(c) + "machines/"
 
@@ -80,16 +89,36 @@ class Keys:
         return self.machines(c) + check_segment("machine", m)
 
     def locks(self, c: str) -> str:
-        return self.component(c) + "lock/"
+        return self.slots(c, "lock")
 
-    def lock(self, c: str, slot: int) -> str:
-        return f"{self.locks(c)}{slot}"
+    def slots(self, c: str, pool: str) -> str:
+        """The slot keys of one pool: `lock` (rollout/switch slots) or `pulls`."""
+        return f"{self.component(c)}{pool}/"
+
+    def freeze(self, c: str) -> str:
+        return self.component(c) + "freeze"
+
+    def lock(self, c: str, slot: int, pool: str = "lock") -> str:
+        return f"{self.slots(c, pool)}{slot}"
 
     def history(self, c: str) -> str:
         return self.component(c) + "history/"
 
     def history_entry(self, c: str, revision: int) -> str:
         return self.history(c) + _rev(revision)
+
+    def done(self, c: str) -> str:
+        return self.component(c) + "done/"
+
+    def done_entry(self, c: str, revision: int) -> str:
+        return self.done(c) + _rev(revision)
+
+    @property
+    def config_log(self) -> str:
+        return self.root + "configlog/"
+
+    def config_log_entry(self, version: int) -> str:
+        return self.config_log + _rev(version)
 
     def events(self, c: str) -> str:
         return self.component(c) + "events/"
@@ -106,7 +135,7 @@ class Keys:
             return KeyRef(None, "config")
         parts = rel.split("/", 3)
         if len(parts) >= 3 and parts[0] == "components":
-            kind = parts[2] if parts[2] in ("desired", "machines", "lock", "history",
-                                            "events") else "other"
+            kind = parts[2] if parts[2] in ("desired", "traffic", "machines", "lock", "pulls",
+                                            "freeze", "history", "events") else "other"
             return KeyRef(parts[1], kind, parts[3] if len(parts) > 3 else "")
         return KeyRef(None, "other", rel)

@@ -22,8 +22,14 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("ready", "stopped", "killed")  # desired
 MACHINE_STATUSES = ("pulling", "waiting", "updating", "ready", "failed", "stopping", "stopped",
-                    "killed", "canary", "halted", "idle")
-KEEP_REVISIONS = 20  # history entries and event groups kept per component
+                    "killed", "canary", "halted", "idle", "unhealthy", "restarting", "frozen")
+# Slot pools: rollout (switch) slots under lock/, pull slots under pulls/; the events of a
+# pull slot are the same kinds with this prefix ("pull-acquired"...).
+SWITCH, PULL = "lock", "pulls"
+EVENT_PREFIX = {SWITCH: "", PULL: "pull-"}
+# History entries, done markers and event groups kept per component, unless the pinned
+# component says otherwise (rollout.keepRevisions).
+KEEP_REVISIONS = 100
 
 
 class StoreError(Exception):
@@ -67,6 +73,15 @@ def _field(data: Mapping[str, Any], key: str, name: str, kinds: tuple, what: str
     return value
 
 
+def _canary(data: Mapping[str, Any], key: str, what: str) -> int | None:
+    percent = _field(data, key, "canary", (int, type(None)), what, required=False)
+    if percent is not None and not 1 <= percent <= 99:
+        raise StoreError(f"{key}: unreadable {what}: canary must be 1-99, not {percent}")
+    if percent is not None and not isinstance(data.get("previous"), dict):
+        raise StoreError(f"{key}: unreadable {what}: a canary needs 'previous'")
+    return percent
+
+
 @dataclass(frozen=True)
 class Halt:
     """A rollout stopped fleet-wide because `machine` failed at desired `revision`."""
@@ -77,6 +92,15 @@ class Halt:
 
     def to_json(self) -> dict[str, Any]:
         return {"machine": self.machine, "error": self.error, "revision": self.revision}
+
+
+def _halt(data: Mapping[str, Any], key: str, name: str, what: str) -> Halt | None:
+    value = _field(data, key, name, (dict, type(None)), what, required=False)
+    if value is None:
+        return None
+    return Halt(_field(value, key, "machine", (str,), name),
+                _field(value, key, "error", (str,), name),
+                _field(value, key, "revision", (int,), name))
 
 
 @dataclass(frozen=True)
@@ -94,11 +118,36 @@ class Desired:
     component: Mapping[str, Any] | None = None
     updated_at: str = ""
     halted: Halt | None = None
+    # A weighted canary of `image` (gantryd/split.py): its percentage of new connections on
+    # every host, and the stable side it splits with ({"image", "configHash", "component",
+    # "revision"} of the desired state before), which `abort` goes back to.
+    canary: int | None = None
+    previous: Mapping[str, Any] | None = None
+    # The record (gantryd/history.py): who wrote it, why (update, rollback, auto-revert,
+    # stop, kill, promote, abort), the revision a rollback re-pinned, and for an auto-revert
+    # the failure it answers.
+    actor: str = ""
+    cause: str = ""
+    source: int | None = None
+    reverted: Halt | None = None
     mod_revision: int = field(default=0, compare=False)  # etcd metadata, not stored
 
     @property
     def max_parallel(self) -> int:
         return self.model().rollout.max_parallel if self.component else 1
+
+    @property
+    def max_parallel_pulls(self) -> int | None:
+        """Pull slots (None: pulls are not limited)."""
+        return self.model().rollout.max_parallel_pulls if self.component else None
+
+    @property
+    def keep_revisions(self) -> int:
+        # Read leniently (no full parse on every write): the snapshot was validated when
+        # pinned, and a bad value must not block a write.
+        keep = ((self.component or {}).get("rollout") or {}).get("keepRevisions")
+        return keep if isinstance(keep, int) and not isinstance(keep, bool) and keep >= 1 \
+            else KEEP_REVISIONS
 
     @property
     def is_halted(self) -> bool:
@@ -120,6 +169,9 @@ class Desired:
             "configHash": self.config_hash, "component": self.component,
             "updatedAt": self.updated_at,
             "halted": self.halted.to_json() if self.halted else None,
+            "canary": self.canary, "previous": self.previous,
+            "actor": self.actor, "cause": self.cause, "source": self.source,
+            "reverted": self.reverted.to_json() if self.reverted else None,
         }
 
     @classmethod
@@ -134,11 +186,6 @@ class Desired:
         image = _field(data, kv.key, "image", (str, type(None)), what, required=False)
         if status == "ready" and not image:
             raise StoreError(f"{kv.key}: unreadable {what}: status ready needs an image")
-        halted = _field(data, kv.key, "halted", (dict, type(None)), what, required=False)
-        if halted is not None:
-            halted = Halt(_field(halted, kv.key, "machine", (str,), "halt"),
-                          _field(halted, kv.key, "error", (str,), "halt"),
-                          _field(halted, kv.key, "revision", (int,), "halt"))
         return cls(
             status=status, revision=revision, image=image,
             config_hash=_field(data, kv.key, "configHash", (str, type(None)), what,
@@ -147,7 +194,13 @@ class Desired:
                              required=False),
             updated_at=_field(data, kv.key, "updatedAt", (str,), what, required=False,
                               default=""),
-            halted=halted, mod_revision=kv.mod_revision)
+            halted=_halt(data, kv.key, "halted", what), canary=_canary(data, kv.key, what),
+            previous=_field(data, kv.key, "previous", (dict, type(None)), what, required=False),
+            actor=_field(data, kv.key, "actor", (str,), what, required=False, default=""),
+            cause=_field(data, kv.key, "cause", (str,), what, required=False, default=""),
+            source=_field(data, kv.key, "source", (int, type(None)), what, required=False),
+            reverted=_halt(data, kv.key, "reverted", what),
+            mod_revision=kv.mod_revision)
 
 
 @dataclass(frozen=True)
@@ -162,11 +215,17 @@ class MachineStatus:
     since: str = ""
     error: str | None = None
     canary_revision: int | None = None  # desired revision when a canary was first seen
+    split_percent: int | None = None  # status "split": the canary's share (gantryd/split.py)
+    split_image: str | None = None  # status "split": the canary's image
+    traffic: tuple[str, ...] = ()  # "paused", "maintenance": what the host's routes do
+    retained: tuple[str, ...] = ()  # images kept on the host for a rollback (retainImages)
 
     def to_json(self) -> dict[str, Any]:
         return {"machine": self.machine, "status": self.status, "revision": self.revision,
                 "image": self.image, "configHash": self.config_hash, "since": self.since,
-                "error": self.error, "canaryRevision": self.canary_revision}
+                "error": self.error, "canaryRevision": self.canary_revision,
+                "splitPercent": self.split_percent, "splitImage": self.split_image,
+                "traffic": list(self.traffic), "retained": list(self.retained)}
 
     @classmethod
     def from_kv(cls, kv: E.KeyValue) -> "MachineStatus":
@@ -182,14 +241,21 @@ class MachineStatus:
             since=_field(data, kv.key, "since", (str,), what, required=False, default=""),
             error=_field(data, kv.key, "error", opt, what, required=False),
             canary_revision=_field(data, kv.key, "canaryRevision", (int, type(None)), what,
-                                   required=False))
+                                   required=False),
+            split_percent=_field(data, kv.key, "splitPercent", (int, type(None)), what,
+                                 required=False),
+            split_image=_field(data, kv.key, "splitImage", opt, what, required=False),
+            traffic=tuple(str(t) for t in _field(data, kv.key, "traffic", (list,), what,
+                                                 required=False, default=[])),
+            retained=tuple(str(r) for r in _field(data, kv.key, "retained", (list,), what,
+                                                  required=False, default=[])))
 
 
 @dataclass(frozen=True)
 class Event:
     """One rollout event; `etcd_revision` orders events fleet-wide."""
 
-    kind: str  # acquired | released | failed | halted | lost
+    kind: str  # acquired | released | failed | halted | lost (pull slots: pull-acquired...)
     machine: str
     revision: int
     slot: int | None = None
@@ -211,6 +277,7 @@ class Slot:
     key: str
     create_revision: int
     revision: int  # desired revision it was taken for
+    pool: str = SWITCH
 
 
 class Store:
@@ -242,12 +309,17 @@ class Store:
                              f"store one with: gantryd setconfig {self.project} FILE")
         return config
 
-    def set_config(self, config: Config) -> int:
-        """Store a validated config; guarded on the revision read (no blind overwrite)."""
+    def set_config(self, config: Config,
+                   audit: Callable[[E.KeyValue | None], list[E.Put | E.Delete]] | None = None
+                   ) -> int:
+        """Store a validated config; guarded on the revision read (no blind overwrite).
+
+        `audit(previous)` adds writes to the same transaction (gantryd/revisions.py)."""
         for _ in range(5):
             kv = self.etcd.get(self.keys.config)
             guard = E.mod_revision_is(self.keys.config, kv.mod_revision if kv else 0)
-            result = self.etcd.txn([guard], [E.Put(self.keys.config, _dump(config.to_dict()))])
+            ops = [E.Put(self.keys.config, _dump(config.to_dict())), *(audit(kv) if audit else ())]
+            result = self.etcd.txn([guard], ops)
             if result.succeeded:
                 return result.revision
         raise Conflict(f"{self.keys.config} keeps changing; try again")
@@ -275,10 +347,11 @@ class Store:
                 value = _dump(new[c].to_json())
                 ops.append(E.Put(key, value))
                 ops.append(E.Put(self.keys.history_entry(c, new[c].revision), value))
-                oldest = new[c].revision - KEEP_REVISIONS
-                if oldest > 0:
+                oldest = new[c].revision - new[c].keep_revisions + 1  # the oldest kept
+                if oldest > 1:
                     ops.append(E.Delete(self.keys.history(c),
                                         end=self.keys.history_entry(c, oldest)))
+                    ops.append(E.Delete(self.keys.done(c), end=self.keys.done_entry(c, oldest)))
                     ops.append(E.Delete(self.keys.events(c), end=self.keys.events_of(c, oldest)))
             result = self.etcd.txn(guards, ops)
             if result.succeeded:
@@ -325,9 +398,9 @@ class Store:
                       lease=lease)
 
     # -- rollout slots ---------------------------------------------------------------------
-    def holders(self, component: str) -> list[tuple[int, str, int]]:
-        """(slot, machine, lease) of every held slot."""
-        kvs, _ = self.etcd.get_prefix(self.keys.locks(component))
+    def holders(self, component: str, pool: str = SWITCH) -> list[tuple[int, str, int]]:
+        """(slot, machine, lease) of every held slot of `pool`."""
+        kvs, _ = self.etcd.get_prefix(self.keys.slots(component, pool))
         out = []
         for kv in kvs:
             data = _load(kv, "lock")
@@ -339,35 +412,39 @@ class Store:
         return out
 
     def acquire_slot(self, component: str, desired: Desired, machine: str,
-                     lease: int) -> Slot | None:
-        """Take a free slot among `desired.max_parallel` for `desired` (None: all busy).
+                     lease: int, pool: str = SWITCH, detail: str | None = None) -> Slot | None:
+        """Take a free slot among `desired.max_parallel` (pool PULL: `max_parallel_pulls`)
+        for `desired` (None: all busy). `detail` goes into the `acquired` event (why).
 
         The lock key is created only if absent (create_revision == 0) and only while the
         desired key is unchanged, attached to `lease` so a crashed holder's slot expires.
         Raises StoreError when the desired state changed (the caller must re-read).
         """
         desired_key = self.keys.desired(component)
+        limit = desired.max_parallel if pool == SWITCH else desired.max_parallel_pulls
         # One read of the slot keys: a waiting host asks again on every release fleet-wide,
         # so busy slots must cost nothing (not a failed txn and two reads each).
-        held = {kv.key: kv for kv in self.etcd.get_prefix(self.keys.locks(component))[0]}
-        for index in range(desired.max_parallel):
-            key = self.keys.lock(component, index)
+        held = {kv.key: kv for kv in self.etcd.get_prefix(self.keys.slots(component, pool))[0]}
+        for index in range(limit or 0):
+            key = self.keys.lock(component, index, pool)
             kv = held.get(key)
             if kv is not None:
                 if kv.lease == lease:  # ours already: a retried request went through
-                    return Slot(component, index, key, kv.create_revision, desired.revision)
+                    return Slot(component, index, key, kv.create_revision, desired.revision,
+                                pool)
                 continue
-            event = Event("acquired", machine, desired.revision, slot=index, at=now_iso())
+            event = Event(EVENT_PREFIX[pool] + "acquired", machine, desired.revision,
+                          slot=index, detail=detail, at=now_iso())
             result = self.etcd.txn(
                 [E.absent(key), E.mod_revision_is(desired_key, desired.mod_revision)],
                 [E.Put(key, _dump({"machine": machine, "revision": desired.revision}), lease),
                  self._event_put(component, event)])
             if result.succeeded:
-                return Slot(component, index, key, result.revision, desired.revision)
+                return Slot(component, index, key, result.revision, desired.revision, pool)
             kv = self.etcd.get(key)
             if kv is not None and kv.lease == lease:
                 # Ours already: a retried request whose first attempt went through.
-                return Slot(component, index, key, kv.create_revision, desired.revision)
+                return Slot(component, index, key, kv.create_revision, desired.revision, pool)
             current = self.desired(component)
             if current is None or current.mod_revision != desired.mod_revision:
                 raise StoreError("the desired state changed")
@@ -379,9 +456,10 @@ class Store:
     def release_slot(self, slot: Slot, machine: str, outcome: str = "released",
                      detail: str | None = None) -> bool:
         """Free a slot we hold; answers False (and records `lost`) if it had expired."""
-        event = Event(outcome, machine, slot.revision, slot=slot.index, detail=detail,
+        prefix = EVENT_PREFIX[slot.pool]
+        event = Event(prefix + outcome, machine, slot.revision, slot=slot.index, detail=detail,
                       at=now_iso())
-        lost = replace(event, kind="lost", detail="the slot had expired (lease lost)")
+        lost = replace(event, kind=prefix + "lost", detail="the slot had expired (lease lost)")
         result = self.etcd.txn([E.created_at(slot.key, slot.create_revision)],
                                [E.Delete(slot.key), self._event_put(slot.component, event)],
                                [self._event_put(slot.component, lost)])

@@ -27,6 +27,7 @@ class Backend:
     def __init__(self, address: Address, on_idle: Callable[[Backend], None] | None = None):
         self.address = address
         self.state = ACTIVE
+        self.weight = 1  # share of new connections while active (0 in the API once draining)
         self.connections: set[ClientSide] = set()
         self.opened = 0
         self.closed = 0
@@ -69,6 +70,7 @@ class Backend:
         return {
             "address": str(self.address),
             "state": self.state,
+            "weight": self.weight if self.state == ACTIVE else 0,
             "live": self.live,
             "opened": self.opened,
             "closed": self.closed,
@@ -127,7 +129,9 @@ class Backend:
 
 
 class IdleReaper:
-    """Closes connections whose byte counters have not moved for `timeout` seconds.
+    """Closes connections whose byte counters have not moved for `timeout` seconds, unless
+    the client spoke last (its request is still being answered: only the drain deadline may
+    cut it).
 
     Sampling counters from a timer instead of stamping the time on every chunk keeps the
     forwarding path free of clock reads.
@@ -147,7 +151,7 @@ class IdleReaper:
             last_total, since = self._seen.get(conn, (-1, now))
             if total != last_total:
                 since = now
-            if now - since >= self.timeout:
+            if now - since >= self.timeout and not conn.awaits_answer:
                 conn.close_idle()
             else:
                 seen[conn] = (total, since)

@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import quote
 
-from proxy.paths import default_socket_path, default_state_path, log_path_for
-
-# Exit status of a daemon that found another one holding the state lock (EX_TEMPFAIL).
-EX_ALREADY_RUNNING = 75
+# EX_ALREADY_RUNNING: imported from here by the daemon and the tests.
+from proxy.detach import EX_ALREADY_RUNNING, Exited, start_detached, wait_answering  # noqa: F401
+from proxy.paths import default_socket_path, default_state_path, log_path_for, \
+    retiring_sockets
 
 
 class ProxyError(Exception):
@@ -89,8 +86,22 @@ class ProxyClient:
         return answer
 
     def ping(self) -> dict[str, Any]:
-        """`{"pid", "version"}` of the running daemon; ProxyNotRunning if none."""
+        """`{"pid", "version", "options"}` of the running daemon (`options`: its run options,
+        see proxy.upgrade); ProxyNotRunning if none."""
         return self._call("GET", "/ping")
+
+    def answers(self) -> dict[str, Any] | None:
+        """`ping()`, or None when nothing answers."""
+        try:
+            return self.ping()
+        except ProxyNotRunning:
+            return None
+
+    def handover(self) -> dict[str, Any]:
+        """Ask the daemon to hand its routes over to the caller (a new daemon, see
+        proxy.upgrade): it stops accepting and frees its lock and socket, answering
+        `{"pid", "live"}`, then exits once its live connections are done."""
+        return self._call("POST", "/handover")
 
     def routes(self) -> list[dict[str, Any]]:
         return self._call("GET", "/routes")["routes"]
@@ -98,11 +109,43 @@ class ProxyClient:
     def route(self, name: str) -> dict[str, Any]:
         return self._call("GET", f"/routes/{quote(name, safe='')}")
 
-    def set_route(self, name: str, listen: str, backend: str, kind: str = "tcp",
-                  idle_timeout: float | None = None) -> dict[str, Any]:
-        """Create or switch a route atomically; answers `{"previous", "route"}`."""
-        body = {"listen": listen, "backend": backend, "kind": kind, "idleTimeout": idle_timeout}
-        return self._call("PUT", f"/routes/{quote(name, safe='')}", body)
+    def set_route(self, name: str, listen: str, backend: str | None = None, kind: str = "tcp",
+                  idle_timeout: float | None = None,
+                  backends: Sequence[tuple[str, int]] | None = None,
+                  sticky: bool = False) -> dict[str, Any]:
+        """Create or switch a route atomically; answers `{"previous", "draining", "route"}`.
+
+        `backend` sends every new connection to one address; `backends` instead splits them
+        by weight (`[(address, weight), ...]`, the first is the primary). Backends that leave
+        the active set start draining. `sticky` keeps a client address on one backend.
+        """
+        body: dict[str, Any] = {"listen": listen, "kind": kind, "idleTimeout": idle_timeout}
+        if backends is not None:
+            body["backends"] = [{"address": a, "weight": w} for a, w in backends]
+            body["sticky"] = sticky
+        else:
+            body["backend"] = backend
+        return self._call("PUT", self._path(name), body)
+
+    def pause(self, name: str, max_pause: float = 30.0) -> dict[str, Any]:
+        """Hold new connections of a route (not connected to any backend) until `resume`;
+        each is closed after `max_pause` s (http routes: answered 504 first)."""
+        return self._call("POST", self._path(name, "pause"), {"maxPause": max_pause})
+
+    def resume(self, name: str) -> dict[str, Any]:
+        """Connect the held connections, in order, to the route's current backend(s)."""
+        return self._call("POST", self._path(name, "resume"), {})
+
+    def maintenance(self, name: str, enabled: bool, message: str | None = None) -> dict[str, Any]:
+        """Turn maintenance on (http: new connections answered 503 with `message`; tcp: closed)
+        or off."""
+        return self._call("POST", self._path(name, "maintenance"),
+                          {"enabled": enabled, "message": message})
+
+    @staticmethod
+    def _path(name: str, action: str | None = None) -> str:
+        path = f"/routes/{quote(name, safe='')}"
+        return f"{path}/{action}" if action else path
 
     def remove_route(self, name: str) -> dict[str, Any]:
         return self._call("DELETE", f"/routes/{quote(name, safe='')}")
@@ -110,9 +153,34 @@ class ProxyClient:
     def drain(self, name: str, backend: str, timeout: float,
               close: bool = False) -> dict[str, Any]:
         """Wait (blocking, at most `timeout` s) until `backend` has no live connection on the
-        route; answers `{"drained", "live", "closed"}`."""
+        route; answers `{"drained", "live", "closed"}`.
+
+        Connections a daemon that handed over (`gantry-proxy upgrade`) still carries count
+        too: each such daemon answers on a socket of its own until it exits
+        (proxy.paths.retiring_sockets), and is drained in the same time budget.
+        """
+        started = time.monotonic()
+        answer = self._drain_one(name, backend, timeout, close)
+        for path in retiring_sockets(self.socket_path):
+            remaining = max(0.0, float(timeout) - (time.monotonic() - started))
+            try:
+                more = ProxyClient(path, self.timeout)._drain_one(name, backend, remaining,
+                                                                 close)
+            except ProxyNotRunning:  # it exited meanwhile (or was killed: a stale file)
+                continue
+            except ProxyError as e:
+                if e.status == 404:  # it had no such route
+                    continue
+                raise
+            answer = {"drained": answer["drained"] and more["drained"],
+                      "live": answer["live"] + more["live"],
+                      "closed": answer["closed"] + more["closed"]}
+        return answer
+
+    def _drain_one(self, name: str, backend: str, timeout: float,
+                   close: bool) -> dict[str, Any]:
         body = {"backend": backend, "timeout": timeout, "close": close}
-        return self._call("POST", f"/routes/{quote(name, safe='')}/drain", body,
+        return self._call("POST", self._path(name, "drain"), body,
                           timeout=self._wait_timeout(timeout))
 
     def _wait_timeout(self, timeout: Any) -> float:
@@ -141,25 +209,15 @@ def ensure_running(socket_path: str | None = None, state_path: str | None = None
         pass
     state_path = state_path or default_state_path()
     log_path = log_path_for(state_path)
-    Path(log_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     command = [sys.executable, "-m", "proxy", "run", "--socket", client.socket_path,
                "--state", state_path, "--log-file", log_path, *extra_args]
-    with open(os.devnull, "rb") as devnull, open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdin=devnull, stdout=log, stderr=log,
-                                   start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.ping()
-            return client
-        except ProxyNotRunning:
-            pass
-        # EX_TEMPFAIL: it lost a start race to another daemon, which will answer soon.
-        if process.poll() is not None and process.returncode != EX_ALREADY_RUNNING:
-            raise ProxyError(f"gantry-proxy exited with status {process.returncode} "
-                             f"before answering on {client.socket_path}; "
-                             f"see {log_path}")
-        if time.monotonic() > deadline:
-            raise ProxyNotRunning(f"gantry-proxy started (pid {process.pid}) but did not answer "
-                                  f"on {client.socket_path} within {timeout:g}s; see {log_path}")
-        time.sleep(0.05)
+    process = start_detached(command, log_path)
+    try:
+        return wait_answering(process, lambda: client if client.answers() else None, timeout)
+    except Exited as e:
+        raise ProxyError(f"gantry-proxy exited with status {e.status} before answering on "
+                         f"{client.socket_path}; see {log_path}") from None
+    except TimeoutError:
+        raise ProxyNotRunning(f"gantry-proxy started (pid {process.pid}) but did not answer "
+                              f"on {client.socket_path} within {timeout:g}s; see {log_path}"
+                              ) from None

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,16 @@ log = logging.getLogger("proxy.control")
 
 
 class ControlResource(resource.Resource):
-    """Dispatches `/ping`, `/routes`, `/routes/<name>`, `/routes/<name>/drain`."""
+    """Dispatches `/ping`, `/handover`, `/routes`, `/routes/<name>`, `/routes/<name>/...`."""
 
     isLeaf = True
 
-    def __init__(self, router: Router):
+    def __init__(self, router: Router, options: dict[str, Any] | None = None,
+                 handover: Callable[[], Awaitable[dict[str, Any]]] | None = None):
         super().__init__()
         self.router = router
+        self.options = options or {}  # the daemon's run options, for `upgrade`
+        self.handover = handover
 
     def render(self, request: server.Request) -> Any:
         d = defer.ensureDeferred(self._dispatch(request))
@@ -44,7 +48,9 @@ class ControlResource(resource.Resource):
         if parts and parts[-1] == "":
             parts.pop()
         if parts == ["ping"] and method == "GET":
-            return {"pid": os.getpid(), "version": proxy.__version__}
+            return {"pid": os.getpid(), "version": proxy.__version__, "options": self.options}
+        if parts == ["handover"] and method == "POST" and self.handover is not None:
+            return await self.handover()
         if parts == ["routes"] and method == "GET":
             return {"routes": self.router.snapshot()}
         if len(parts) == 2 and parts[0] == "routes":
@@ -55,8 +61,12 @@ class ControlResource(resource.Resource):
                 return await self.router.put(name, _json_body(request))
             if method == "DELETE":
                 return await self.router.remove(name)
-        if len(parts) == 3 and parts[0] == "routes" and parts[2] == "drain" and method == "POST":
-            return await self.router.drain(parts[1], _json_body(request))
+        if len(parts) == 3 and parts[0] == "routes" and method == "POST":
+            action = parts[2]
+            if action == "drain":
+                return await self.router.drain(parts[1], _json_body(request))
+            if action in ("pause", "resume", "maintenance"):
+                return getattr(self.router, action)(parts[1], _json_body(request))
         raise NotFound(f"no such call: {method} /{'/'.join(parts)}")
 
     def _answer(self, request: server.Request, code: int, body: Any) -> None:
@@ -95,11 +105,25 @@ class _QuietSite(server.Site):
         pass
 
 
-def listen_control(reactor: Any, router: Router, path: str) -> Any:
-    """Listen on the unix socket `path` (mode 0600, parent created 0700 if missing).
+def listen_control(reactor: Any, router: Router, path: str,
+                   options: dict[str, Any] | None = None,
+                   handover: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+                   inherited: socket.socket | None = None) -> Any:
+    """Listen on the unix socket `path` (mode 0600, parent created 0700 if missing), or
+    adopt `inherited`, the socket systemd listens on there (see proxy.listeners).
 
     A stale socket file (nobody answers) is replaced; a live one means another proxy runs.
     """
+    site = _QuietSite(ControlResource(router, options, handover))
+    site.timeOut = None  # drain calls long-poll
+    if inherited is not None:
+        inherited.setblocking(False)
+        with inherited:
+            port = reactor.adoptStreamPort(inherited.fileno(), socket.AF_UNIX, site)
+        # The socket file is systemd's, for the next process too: a name in the abstract
+        # namespace keeps Twisted from unlinking it when the Port closes.
+        port._bindPath = b"\0"
+        return port
     sock_path = Path(path)
     sock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if sock_path.exists() or sock_path.is_symlink():
@@ -108,8 +132,6 @@ def listen_control(reactor: Any, router: Router, path: str) -> Any:
         if _answers(path):
             raise SystemExit(f"gantry-proxy: another proxy already answers on {path}")
         sock_path.unlink()
-    site = _QuietSite(ControlResource(router))
-    site.timeOut = None  # drain calls long-poll
     # The umask closes the window between bind() and chmod() in which the socket is open.
     old_umask = os.umask(0o177)
     try:

@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import sys
+import time
 from typing import IO, Any
 
 from proxy.address import Address
@@ -13,6 +14,9 @@ from proxy.client import EX_ALREADY_RUNNING
 from proxy.state import StateError
 
 log = logging.getLogger("proxy.daemon")
+
+# How long a takeover waits for the old daemon to let go of the state lock.
+HANDOVER_LOCK_WAIT = 30.0
 
 
 def setup_logging(log_file: str | None, verbose: bool = False) -> None:
@@ -29,18 +33,22 @@ def setup_logging(log_file: str | None, verbose: bool = False) -> None:
     globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
 
 
-def acquire_lock(state_path: str) -> IO[Any] | None:
+def acquire_lock(state_path: str, wait: float = 0.0) -> IO[Any] | None:
     """Hold an exclusive lock beside the state file for the daemon's life (one daemon per
-    state file); None if another process holds it."""
+    state file); None if another process holds it (for `wait` seconds: a handover)."""
     lock_path = state_path + ".lock"
     os.makedirs(os.path.dirname(os.path.abspath(lock_path)), mode=0o700, exist_ok=True)
     f = open(lock_path, "a")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        return None
-    return f
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                f.close()
+                return None
+            time.sleep(0.01)
 
 
 def install_reactor() -> Any:
@@ -56,36 +64,47 @@ def install_reactor() -> Any:
 
 def run(socket_path: str, state_path: str, metrics: Address | None = None,
         log_file: str | None = None, shutdown_timeout: float = 10.0,
-        verbose: bool = False) -> int:
-    """Run the proxy until SIGTERM/SIGINT; returns the exit status."""
+        verbose: bool = False, listeners: str = "auto", takeover: bool = False) -> int:
+    """Run the proxy until SIGTERM/SIGINT (or a handover to a new daemon); returns the exit
+    status. `listeners`: see proxy.listeners; `takeover`: see proxy.upgrade."""
     setup_logging(log_file, verbose)
-    lock = acquire_lock(state_path)
-    if lock is None:
-        log.error("another gantry-proxy holds %s.lock; exiting", state_path)
-        return EX_ALREADY_RUNNING
+    # Everything is imported before a takeover: the old daemon has stopped accepting then.
     reactor = install_reactor()
     from twisted.internet import defer
 
     from proxy.control import listen_control
+    from proxy.listeners import open_listeners
     from proxy.metrics import listen_metrics
     from proxy.router import Router
+    from proxy.upgrade import Handover, request_handover, run_options
 
-    router = Router(reactor, state_path)
+    if takeover:
+        request_handover(socket_path)
+    lock = acquire_lock(state_path, wait=HANDOVER_LOCK_WAIT if takeover else 0.0)
+    if lock is None:
+        log.error("another gantry-proxy holds %s.lock; exiting", state_path)
+        return EX_ALREADY_RUNNING
+    source, control_socket = open_listeners(listeners, reactor, socket_path, log_file)
+    router = Router(reactor, state_path, source)
     try:
         router.restore()
     except StateError as e:
         log.error("%s", e)
         return 1
-    listen_control(reactor, router, socket_path)
+    options = run_options(state_path, metrics, log_file, shutdown_timeout, verbose, source.mode)
+    handover = Handover(reactor, router, lock, socket_path, options)
+    handover.ports.append(listen_control(reactor, router, socket_path, options, handover,
+                                         control_socket))
     if metrics is not None:
-        listen_metrics(reactor, router, metrics.host, metrics.port)
+        handover.ports.append(listen_metrics(reactor, router, metrics.host, metrics.port))
         log.info("metrics on http://%s/metrics", metrics)
+    source.ready()
     # Twisted's SIGTERM/SIGINT handlers stop the reactor; this trigger runs first and holds
     # the shutdown until connections have drained (or the timeout closes them).
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: defer.ensureDeferred(router.shutdown(shutdown_timeout)))
-    log.info("gantry-proxy %d listening on %s (state %s, %d routes)", os.getpid(), socket_path,
-             state_path, len(router.routes))
+    log.info("gantry-proxy %d listening on %s (state %s, %d routes, %s listeners)",
+             os.getpid(), socket_path, state_path, len(router.routes), source.mode)
     reactor.run()
     log.info("gantry-proxy stopped")
     lock.close()

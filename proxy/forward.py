@@ -95,6 +95,7 @@ class _End:
             return
         if n:
             self.nbytes += n
+            self.conn.last_reader = self  # who spoke last: see ClientSide.awaits_answer
             self.peer.write(_chunk_view[:n])  # type: ignore[union-attr]
         else:
             self.read_eof()
@@ -248,6 +249,13 @@ class ClientSide:
         self._open = 0
         self._retries = 0
         self._retry_call: Any = None
+        self.last_reader: _End | None = None
+
+    @property
+    def awaits_answer(self) -> bool:
+        """The client sent the last bytes: in a request/response protocol it waits for an
+        answer the backend is still working on, so the connection is not idle."""
+        return self.last_reader is not None and self.last_reader is self.client
 
     @property
     def nbytes(self) -> int:
@@ -388,15 +396,30 @@ class ListenerFactory(ServerFactory):
         self.reactor = reactor
         self.dials = _Dials(reactor)
 
-    def buildProtocol(self, addr: Any) -> ClientSide:
-        return ClientSide(self.route.backend, self.reactor, self.dials)
+    def buildProtocol(self, addr: Any) -> Any:
+        route = self.route
+        if route.gated:  # paused or in maintenance
+            return route.gate(getattr(addr, "host", None))
+        if route.balancer is None:
+            return ClientSide(route.backend, self.reactor, self.dials)
+        return ClientSide(route.balancer.pick(getattr(addr, "host", None)), self.reactor,
+                          self.dials)
 
 
 def listen(reactor: Any, port: int, factory: ListenerFactory, backlog: int,
            interface: str) -> Any:
     """`reactor.listenTCP`, with accepted sockets handed to the ClientSide bare instead of
     wrapped in a Twisted Server transport (the Port builds `port.transport(...)` per accept)."""
-    listening = reactor.listenTCP(port, factory, backlog=backlog, interface=interface)
+    return _bare(reactor.listenTCP(port, factory, backlog=backlog, interface=interface))
+
+
+def adopt(reactor: Any, listener: socket.socket, factory: ListenerFactory) -> Any:
+    """`listen` on a socket bound elsewhere (the keeper, systemd): the Port holds a copy, the
+    caller closes its own. Closing the Port leaves the socket listening for its holder."""
+    return _bare(reactor.adoptStreamPort(listener.fileno(), listener.family, factory))
+
+
+def _bare(listening: Any) -> Any:
     listening.transport = _accepted
     listener = getattr(listening, "socket", None)  # None on test reactors
     if listener is not None:

@@ -10,6 +10,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from twisted.web import resource, server
 
+from proxy.backend import ACTIVE
 from proxy.router import Router
 
 
@@ -31,7 +32,7 @@ class RouterCollector(Collector):
         errors = CounterMetricFamily("gantry_proxy_backend_errors",
                                      "Failed backend connects", labels=b_labels)
         active = GaugeMetricFamily("gantry_proxy_backend_active",
-                                   "1 for the backend new connections go to, 0 while draining",
+                                   "1 for a backend new connections go to, 0 while draining",
                                    labels=b_labels)
         r_live = GaugeMetricFamily("gantry_proxy_route_connections_live",
                                    "Live connections per route", labels=["route"])
@@ -46,10 +47,18 @@ class RouterCollector(Collector):
         drains = CounterMetricFamily("gantry_proxy_drains",
                                      "Drain calls by outcome (completed, forced, timeout)",
                                      labels=["route", "result"])
+        held = GaugeMetricFamily("gantry_proxy_route_held",
+                                 "Connections held by a pause", labels=["route"])
+        gated = GaugeMetricFamily("gantry_proxy_route_gate",
+                                  "1 while the route is paused / in maintenance",
+                                  labels=["route", "gate"])
         for name, route in self.router.routes.items():
+            held.add_metric([name], route.held)
+            gated.add_metric([name, "pause"], 1 if route.pause is not None else 0)
+            gated.add_metric([name, "maintenance"], 1 if route.maintenance is not None else 0)
             for backend in route.backends.values():
                 labels = [name, str(backend.address)]
-                active.add_metric(labels, 1 if backend is route.backend else 0)
+                active.add_metric(labels, backend.weight if backend.state == ACTIVE else 0)
                 live.add_metric(labels, backend.live)
                 opened.add_metric(labels, backend.opened)
                 nbytes.add_metric(labels + ["in"], backend.bytes_in)
@@ -64,7 +73,8 @@ class RouterCollector(Collector):
             up.add_metric([name], 1 if route.port is not None else 0)
             for result, count in route.drains.items():
                 drains.add_metric([name, result], count)
-        yield from (live, active, opened, nbytes, errors, r_live, r_opened, r_bytes, r_errors, up, drains)
+        yield from (live, active, opened, nbytes, errors, r_live, r_opened, r_bytes, r_errors, up,
+                    drains, held, gated)
 
 
 class MetricsResource(resource.Resource):

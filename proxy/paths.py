@@ -31,3 +31,20 @@ def default_state_path() -> str:
 def log_path_for(state_path: str) -> str:
     """The log file a detached proxy writes, beside its state file."""
     return str(Path(state_path).with_name("gantry-proxy.log"))
+
+
+def keeper_socket_path(control_socket: str) -> str:
+    """The listener keeper's socket of the proxy on `control_socket`: one keeper per proxy."""
+    return control_socket + ".listeners"
+
+
+def retiring_socket_path(control_socket: str, pid: int) -> str:
+    """Where a daemon that handed over to a new one answers until its connections end."""
+    return f"{control_socket}.retiring-{pid}"
+
+
+def retiring_sockets(control_socket: str) -> list[str]:
+    """The sockets of the daemons that handed over on `control_socket` and may still carry
+    connections (a file left by one killed since does not answer)."""
+    import glob
+    return sorted(glob.glob(glob.escape(control_socket) + ".retiring-*"))

@@ -9,8 +9,10 @@ from twisted.internet import defer
 
 from proxy.backend import Backend
 from proxy.errors import Conflict, NotFound
+from proxy.listeners import Listeners
 from proxy.route import Route
-from proxy.spec import DrainRequest, RouteSpec, check_name
+from proxy.spec import DrainRequest, MaintenanceRequest, PauseRequest, RouteSpec, check_name, \
+    empty_body
 from proxy.state import load_state, save_state
 
 log = logging.getLogger("proxy.router")
@@ -19,9 +21,11 @@ log = logging.getLogger("proxy.router")
 class Router:
     """All routes of the daemon. Every method runs in the reactor thread."""
 
-    def __init__(self, reactor: Any, state_path: str | None = None):
+    def __init__(self, reactor: Any, state_path: str | None = None,
+                 listeners: Listeners | None = None):
         self.reactor = reactor
         self.state_path = state_path
+        self.listeners = listeners or Listeners(reactor)
         self.routes: dict[str, Route] = {}
         # Backends of removed routes that still carry connections (for shutdown and metrics).
         self.detached: set[Backend] = set()
@@ -31,18 +35,23 @@ class Router:
         in state `error` while the others work."""
         if self.state_path is None:
             return
-        for name, spec in load_state(self.state_path).items():
-            route = self.routes[name] = Route(name, spec, self.reactor)
+        for name, saved in load_state(self.state_path).items():
+            spec = saved.spec
+            route = self.routes[name] = Route(name, spec, self.reactor, self.listeners)
+            route.restore_gates(saved)
             try:
                 route.start()
                 log.info("route %s restored: %s -> %s (%s)", name, spec.listen, spec.backend,
                          spec.kind)
             except Conflict as e:
                 log.error("route %s restored in error state: %s", name, e)
+        # A listener kept for an address no route uses (removed while no proxy ran) would
+        # queue its clients forever.
+        self.listeners.retain(r.listen for r in self.routes.values())
 
     def save(self) -> None:
         if self.state_path is not None:
-            save_state(self.state_path, {name: r.spec for name, r in self.routes.items()})
+            save_state(self.state_path, {name: r.saved() for name, r in self.routes.items()})
 
     def get(self, name: str) -> Route:
         route = self.routes.get(name)
@@ -59,30 +68,55 @@ class Router:
         spec = RouteSpec.from_json(body)
         route = self.routes.get(name)
         if route is None:
-            route = Route(name, spec, self.reactor)
+            route = Route(name, spec, self.reactor, self.listeners)
             route.start()  # Conflict: the route is not created
             self.routes[name] = route
             self.save()
             log.info("route %s created: %s -> %s (%s)", name, spec.listen, spec.backend, spec.kind)
-            return {"previous": None, "route": route.to_dict()}
+            return {"previous": None, "draining": [], "route": route.to_dict()}
         if spec.listen != route.listen or route.port is None:
             old_listen = route.listen
             await route.rebind(spec.listen)  # Conflict: the old listener stays
             log.info("route %s: listening on %s (was %s)", name, spec.listen, old_listen)
         route.update(spec.kind, spec.idle_timeout)
-        previous = route.switch(spec.backend)
+        previous, draining = route.set_backends(spec.active, spec.sticky)
         self.save()
-        if previous != spec.backend:
-            log.info("route %s switched: %s -> %s (%s now draining)", name, previous,
-                     spec.backend, previous)
-        return {"previous": str(previous), "route": route.to_dict()}
+        if previous != spec.backend or draining or spec.weights:
+            log.info("route %s switched: %s -> %s (now draining: %s)", name, previous,
+                     _describe(spec), ", ".join(map(str, draining)) or "none")
+        return {"previous": str(previous), "draining": [str(a) for a in draining],
+                "route": route.to_dict()}
+
+    def pause(self, name: str, body: Any) -> dict[str, Any]:
+        request = PauseRequest.from_json(body)
+        route = self.get(name)
+        route.set_pause(request.max_pause)
+        self.save()
+        log.info("route %s paused (max pause %gs)", name, request.max_pause)
+        return route.to_dict()
+
+    def resume(self, name: str, body: Any) -> dict[str, Any]:
+        empty_body(body, "resume")
+        route = self.get(name)
+        if route.pause is not None:
+            route.resume()
+            self.save()
+        return route.to_dict()
+
+    def maintenance(self, name: str, body: Any) -> dict[str, Any]:
+        request = MaintenanceRequest.from_json(body)
+        route = self.get(name)
+        route.set_maintenance(request.enabled, request.message)
+        self.save()
+        log.info("route %s: maintenance %s", name, "on" if request.enabled else "off")
+        return route.to_dict()
 
     async def remove(self, name: str) -> dict[str, Any]:
         """Stop listening and forget the route; its live connections run to their end."""
         route = self.get(name)
         del self.routes[name]
         self.save()
-        await route.stop_listening()
+        await route.stop_listening(release=True)
         for backend in list(route.backends.values()):
             backend.stop_reaper()
             if backend.live:
@@ -100,12 +134,20 @@ class Router:
         out = [b for route in self.routes.values() for b in route.backends.values()]
         return out + list(self.detached)
 
+    async def stop_accepting(self) -> None:
+        """Close every route's Port; kept listeners stay open (for the next process)."""
+        await defer.DeferredList([r.stop_listening() for r in self.routes.values()])
+
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let live connections finish for up to `timeout`, abort the rest."""
         live = sum(b.live for b in self.all_backends())
         log.info("shutting down: %d routes, %d live connections, waiting up to %gs",
                  len(self.routes), live, timeout)
-        await defer.DeferredList([r.stop_listening() for r in self.routes.values()])
+        await self.stop_accepting()
+        # Held connections cannot be resumed by a process that goes away: answer them now.
+        held = sum(r.pause.expire_all() for r in self.routes.values() if r.pause is not None)
+        if held:
+            log.warning("shutdown: %d connections held by a pause answered as timed out", held)
         deadline = self.reactor.seconds() + timeout
         for backend in self.all_backends():
             remaining = deadline - self.reactor.seconds()
@@ -115,3 +157,10 @@ class Router:
                 log.warning("shutdown timeout: closed %d connections", aborted)
                 return
         log.info("all connections closed")
+
+
+def _describe(spec: RouteSpec) -> str:
+    if not spec.weights:
+        return str(spec.backend)
+    split = ", ".join(f"{a} {w}" for a, w in spec.weights)
+    return f"[{split}{', sticky' if spec.sticky else ''}]"

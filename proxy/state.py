@@ -6,11 +6,12 @@ import contextlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proxy.errors import RouteError
-from proxy.spec import RouteSpec, check_name
+from proxy.errors import BadRequest, RouteError
+from proxy.spec import MaintenanceRequest, PauseRequest, RouteSpec, check_name
 
 VERSION = 1
 
@@ -19,8 +20,47 @@ class StateError(Exception):
     """The state file exists but cannot be read; the daemon refuses to start over it."""
 
 
-def load_state(path: str) -> dict[str, RouteSpec]:
-    """Read route specs; a missing file is an empty table."""
+@dataclass(frozen=True)
+class SavedRoute:
+    """One route of the state file: its spec, and its pause and maintenance if set."""
+
+    spec: RouteSpec
+    pause: PauseRequest | None = None
+    paused_since: float | None = None
+    maintenance: str | None = None  # the message while in maintenance
+
+    @classmethod
+    def from_json(cls, entry: Any) -> SavedRoute:
+        if not isinstance(entry, dict):
+            raise BadRequest("a route entry must be an object")
+        entry = dict(entry)
+        paused, maintenance = entry.pop("paused", None), entry.pop("maintenance", None)
+        pause = since = message = None
+        if paused is not None:
+            if not isinstance(paused, dict):
+                raise BadRequest("paused must be an object")
+            since = paused.get("since")
+            if isinstance(since, bool) or not isinstance(since, (int, float)):
+                raise BadRequest("paused.since must be a time")
+            pause = PauseRequest.from_json({"maxPause": paused.get("maxPause")})
+        if maintenance is not None:
+            if not isinstance(maintenance, dict):
+                raise BadRequest("maintenance must be an object")
+            message = MaintenanceRequest.from_json(
+                {"enabled": True, "message": maintenance.get("message")}).message or ""
+        return cls(RouteSpec.from_json(entry), pause, since, message)
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.spec.to_json()
+        if self.pause is not None:
+            out["paused"] = {"maxPause": self.pause.max_pause, "since": self.paused_since}
+        if self.maintenance is not None:
+            out["maintenance"] = {"message": self.maintenance or None}
+        return out
+
+
+def load_state(path: str) -> dict[str, SavedRoute]:
+    """Read the routes; a missing file is an empty table."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
@@ -31,18 +71,18 @@ def load_state(path: str) -> dict[str, RouteSpec]:
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise StateError(f"state file {path}: expected version {VERSION}")
-        return {check_name(name): RouteSpec.from_json(spec)
-                for name, spec in data["routes"].items()}
+        return {check_name(name): SavedRoute.from_json(entry)
+                for name, entry in data["routes"].items()}
     except (ValueError, KeyError, AttributeError, RouteError) as e:
         raise StateError(f"state file {path} is corrupt: {e}") from e
 
 
-def save_state(path: str, specs: dict[str, RouteSpec]) -> None:
+def save_state(path: str, routes: dict[str, SavedRoute]) -> None:
     """Write temp file + fsync + rename + fsync(dir): a crash leaves the old or the new file."""
     target = Path(path)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     data: dict[str, Any] = {"version": VERSION,
-                            "routes": {name: spec.to_json() for name, spec in specs.items()}}
+                            "routes": {name: r.to_json() for name, r in routes.items()}}
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "w") as f:

@@ -771,6 +771,8 @@ def teardown(state: DemoState) -> None:
     remove_containers(state.project)
     for h in state.hosts:
         stop_process(h.proxy_pid, "proxy", f"gantry-proxy of {h.name}")
+        # Its listener keeper holds the host's ports until stopped.
+        cmd.run([*cmd.proxy, "keeper", "stop", "--socket", h.socket], check=False, timeout=30)
     stop_process(state.etcd_pid, "etcd", "etcd")
     untag_images(demo_repo(state.project))
     shutil.rmtree(state.dir, ignore_errors=True)

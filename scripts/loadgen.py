@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 class LoadStats:
     """What a load run saw, per target address."""
 
+    started: int = 0  # requests begun; `sent` counts those that ended (ok or failed)
     sent: int = 0
     failed: int = 0
+    refused: int = 0  # of the failed: the connect was refused (nothing listened)
     versions: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     slow_sent: int = 0
@@ -40,7 +42,8 @@ class Load:
         self._pause = pause
         self._threads = [threading.Thread(target=self._run, args=(t, "/", False), daemon=True)
                          for t in targets for _ in range(short_workers)]
-        self._threads += [threading.Thread(target=self._run, args=(t, f"/cgi-bin/slow?s={slow_seconds}", True),
+        slow_path = f"/cgi-bin/slow?s={slow_seconds}"
+        self._threads += [threading.Thread(target=self._run, args=(t, slow_path, True),
                                            daemon=True)
                           for t in targets for _ in range(slow_workers)]
 
@@ -63,6 +66,8 @@ class Load:
 
     def _run(self, target: tuple[str, int], path: str, slow: bool) -> None:
         while not self._stop.is_set():
+            with self._lock:
+                self.stats[target].started += 1
             ok, answer = request(target, path, self._timeout)
             with self._lock:
                 s = self.stats[target]
@@ -73,6 +78,7 @@ class Load:
                 else:
                     s.failed += 1
                     s.slow_failed += slow
+                    s.refused += answer.startswith(ConnectionRefusedError.__name__)
                     if len(s.errors) < 20:
                         s.errors.append(f"{time.strftime('%H:%M:%S')} {path}: {answer}")
             if self._pause:
@@ -88,6 +94,23 @@ class Load:
     def failed(self) -> int:
         with self._lock:
             return sum(s.failed for s in self.stats.values())
+
+    @property
+    def refused(self) -> int:
+        with self._lock:
+            return sum(s.refused for s in self.stats.values())
+
+    def ended(self, target: tuple[str, int]) -> int:
+        """Requests to `target` that have ended so far."""
+        with self._lock:
+            return self.stats[target].sent
+
+    def in_flight_since(self, target: tuple[str, int], ended_before: int) -> int:
+        """Requests to `target` begun by now that had not ended when `ended(target)` answered
+        `ended_before`: read `ended` just before an event and this just after, and it bounds
+        the requests in flight at the event."""
+        with self._lock:
+            return self.stats[target].started - ended_before
 
     def versions(self) -> Counter:
         with self._lock:
@@ -112,15 +135,31 @@ class Load:
 
 def request(target: tuple[str, int], path: str = "/", timeout: float = 30) -> tuple[bool, str]:
     """One GET on a new connection: (True, body stripped) on a 2xx, else (False, why)."""
+    try:
+        status, body = fetch(target, path, timeout)
+    except (OSError, http.client.HTTPException) as e:
+        return False, f"{type(e).__name__}: {e}"
+    if 200 <= status < 300:
+        return True, body
+    return False, f"HTTP {status} {body[:80]}"
+
+
+def fetch(target: tuple[str, int], path: str = "/", timeout: float = 30) -> tuple[int, str]:
+    """One GET on a new connection: (status, whole body stripped); raises on a network error."""
     conn = http.client.HTTPConnection(target[0], target[1], timeout=timeout)
     try:
         conn.request("GET", path, headers={"Connection": "close"})
         resp = conn.getresponse()
-        body = resp.read().decode(errors="replace").strip()
-        if 200 <= resp.status < 300:
-            return True, body
-        return False, f"HTTP {resp.status} {body[:80]}"
-    except (OSError, http.client.HTTPException) as e:
-        return False, f"{type(e).__name__}: {e}"
+        return resp.status, resp.read().decode(errors="replace").strip()
     finally:
         conn.close()
+
+
+def sample(target: tuple[str, int], count: int, path: str = "/") -> Counter:
+    """``count`` requests, one after the other, each on a new connection: how many times each
+    answer came (failures as ``error: ...``). Shows how a route splits new connections."""
+    answers: Counter = Counter()
+    for _ in range(count):
+        ok, body = request(target, path, timeout=10)
+        answers[body if ok else f"error: {body}"] += 1
+    return answers

@@ -125,7 +125,8 @@ def ensure_registry(addr: str = REGISTRY_ADDR, timeout: float = 30) -> None:
     config.write_text(json.dumps({
         "version": 0.1,
         "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(home / "data")}, "delete": {"enabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(home / "data")},
+                    "delete": {"enabled": True}},
         "http": {"addr": addr},
     }))
     log.info("starting docker-registry on %s", addr)
@@ -161,7 +162,8 @@ class EtcdCluster:
     """One or more etcd members on free loopback ports, each with its own data dir."""
 
     size: int = 1
-    base_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="etcd-", dir=_etcd_root())))
+    base_dir: Path = field(
+        default_factory=lambda: Path(tempfile.mkdtemp(prefix="etcd-", dir=_etcd_root())))
     members: list[EtcdMember] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -192,7 +194,8 @@ class EtcdCluster:
         for m in targets:
             m.proc = _spawn(self._argv(m), self.base_dir / f"{m.name}.log")
         for m in targets:
-            wait_until(lambda m=m: _etcd_healthy(m), timeout, f"etcd member {m.name} on {m.endpoint}")
+            wait_until(lambda m=m: _etcd_healthy(m), timeout,
+                       f"etcd member {m.name} on {m.endpoint}")
         return self
 
     def kill(self, index: int) -> None:
@@ -270,7 +273,8 @@ COPY www /www
 COPY entry.sh /entry.sh
 ENV PORT=8080
 EXPOSE 8080
-HEALTHCHECK --interval=1s --timeout=1s --retries=2 CMD wget -q -O /dev/null http://127.0.0.1:8080/health || exit 1
+HEALTHCHECK --interval=1s --timeout=1s --retries=2 \
+    CMD wget -q -O /dev/null http://127.0.0.1:8080/health || exit 1
 CMD {cmd}
 """
 
@@ -283,6 +287,10 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "never_ready": ("never-ready", '["sleep", "3600"]'),
     # Exits at once with an error.
     "crash": ("crash", '["sh", "-c", "echo crashing >&2; exit 3"]'),
+    # Ready at once, but /health answers 404 from $SICK_AFTER seconds (default 3) after the
+    # start on: a version that fails its bake (rollout.minHealthy).
+    "sickly": ("sickly",
+               '["sh", "-c", "(sleep ${SICK_AFTER:-3}; rm -f /www/health) & exec /entry.sh"]'),
 }
 
 
@@ -290,7 +298,8 @@ def image_ref(variant: str) -> str:
     return f"{TEST_REPO}:{variant.replace('_', '-')}"
 
 
-def build_image(variant: str, repo: str = TEST_REPO, tag: str | None = None, push: bool = True) -> str:
+def build_image(variant: str, repo: str = TEST_REPO, tag: str | None = None,
+                push: bool = True) -> str:
     """Build one test image FROM scratch with busybox, push it, and answer its reference."""
     version, cmd = VARIANTS[variant]
     ref = f"{repo}:{tag or variant.replace('_', '-')}"
@@ -326,7 +335,8 @@ def _run(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="rig: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", nargs="*", help="services and/or images (default: both)")
     args = parser.parse_args(argv)
     args.what = args.what or ["services", "images"]

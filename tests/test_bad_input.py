@@ -63,6 +63,7 @@ def fuzz_proxy(tmp_path_factory):
     proc = proxy_helpers.ProxyProcess(tmp_path_factory.mktemp("fuzzproxy")).start()
     yield proc
     proc.stop()
+    proc.keeper.stop()
 
 
 @pytest.fixture(scope="module")
@@ -547,8 +548,9 @@ def test_gantryd_run_without_config_then_unreadable_desired_state(daemon_fleet, 
     for value in (b"\xff garbage", b'{"status": "ready"}'):
         mark = len(log.read_bytes())
         fleet.etcd.put(key, value)
-        fleet_helpers.wait_for(lambda: key in log.read_bytes()[mark:].decode(errors="replace"),
-                               20, f"the daemon to report the unreadable {key}\n{fleet.logs()}")
+        fleet_helpers.wait_for(
+            lambda mark=mark: key in log.read_bytes()[mark:].decode(errors="replace"),
+            20, f"the daemon to report the unreadable {key}\n{fleet.logs()}")
         assert fleet.procs["h1"].poll() is None, fleet.logs()
         assert fleet.answers("h1") == "v1"  # its container keeps serving through its proxy
     mark = len(log.read_bytes())

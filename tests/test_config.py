@@ -280,6 +280,18 @@ ERROR_CASES = [
                           f'did you mean "environmentVariables"?'),
     ({"rollout": {"maxparallel": 2}},
      f'{P}.rollout.maxparallel: unknown key "maxparallel"; did you mean "maxParallel"?'),
+    ({"rollout": {"onFailure": "revert"}},
+     f'{P}.rollout.onFailure: expected one of "halt", "rollback", got "revert"'),
+    ({"rollout": {"onFailure": "Rollback"}},
+     f'{P}.rollout.onFailure: expected one of "halt", "rollback", got "Rollback"; '
+     f'did you mean "rollback"?'),
+    ({"retainImages": 0}, f"{P}.retainImages: expected an integer >= 1, got 0"),
+    ({"rollout": {"minHealthy": -1}},
+     f"{P}.rollout.minHealthy: expected a number of seconds >= 0, got -1"),
+    ({"rollout": {"maxParallelPulls": 0}},
+     f"{P}.rollout.maxParallelPulls: expected an integer >= 1 or null, got 0"),
+    ({"rollout": {"minHealthyTime": 10}},
+     f'{P}.rollout.minHealthyTime: unknown key "minHealthyTime"; did you mean "minHealthy"?'),
 ]
 
 
@@ -303,7 +315,7 @@ def test_unknown_key_without_suggestion_lists_the_keys():
     message = only_issue(config(comp(zzzzzz=1)))
     assert message.startswith('.gantry: components[0].zzzzzz: unknown key "zzzzzz"; '
                               "expected one of: name, repo, tag, command,")
-    assert message.endswith("stopTimeout, rollout")
+    assert message.endswith("stopTimeout, retainImages, rollout")
 
 
 @pytest.mark.parametrize("data, expected", [
@@ -553,7 +565,9 @@ def test_to_dict_is_canonical_with_defaults():
         "readyChecks": [], "healthChecks": [], "readyTimeout": 60.0, "healthFailures": 3,
         "environmentVariables": [], "bindings": [], "volumesFrom": [], "privileged": False,
         "terminationSignals": [], "terminationChecks": [], "drainTimeout": 30.0,
-        "drainIdleTimeout": None, "stopTimeout": 10.0, "rollout": {"maxParallel": 1},
+        "drainIdleTimeout": None, "stopTimeout": 10.0, "retainImages": 3,
+        "rollout": {"maxParallel": 1, "onFailure": "halt", "keepRevisions": 100,
+                    "minHealthy": 0.0, "maxParallelPulls": None},
     }
 
 

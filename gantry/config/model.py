@@ -105,6 +105,24 @@ class Rollout:
 
     max_parallel: int = spec("maxParallel", POSITIVE,
                              "Number of hosts that may update the component at once.", default=1)
+    on_failure: str = spec(
+        "onFailure", Choice("halt", "rollback"),
+        "After a host fails: `halt` the rollout fleet-wide, or `rollback`: halt and send the "
+        "hosts that already moved back to the last stable revision (an auto-revert).",
+        default="halt")
+    keep_revisions: int = spec(
+        "keepRevisions", POSITIVE,
+        "Revisions kept in the fleet history (etcd), with their events; older ones are pruned.",
+        default=100)
+    min_healthy: float = spec(
+        "minHealthy", SECONDS_OR_ZERO,
+        "Bake time: after the switch the old container stays (drained, not routed) while the "
+        "health checks run this long; a failure switches back to it (`gantry update` too).",
+        default=0.0)
+    max_parallel_pulls: int | None = spec(
+        "maxParallelPulls", Nullable(POSITIVE),
+        "Number of hosts that may pull the image at once (pull slots, apart from the "
+        "switch slots); null: no limit.", default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +176,10 @@ class Component:
     stop_timeout: float = spec("stopTimeout", SECONDS_OR_ZERO,
                                "Grace period of `docker stop` before the container is killed.",
                                default=10.0)
+    retain_images: int = spec(
+        "retainImages", POSITIVE,
+        "Images of the last N versions run on a host kept there for a quick rollback; older "
+        "ones gantry pulled for the component are removed (never one in use).", default=3)
     rollout: Rollout = spec("rollout", Obj(Rollout), "Fleet rollout settings.",
                             default=Rollout())
 

@@ -20,7 +20,8 @@ annotated example that loads as-is.
 - The file is **JSON**, or **YAML** when its name ends in `.yml` or `.yaml`.
 - **Comments.** JSON has none, so any key starting with `{COMMENT_PREFIX}` is ignored, in every
   object and whatever its value: `"{COMMENT_PREFIX}": "why this port"` annotates, and renaming
-  `"drainTimeout"` to `"{COMMENT_PREFIX}drainTimeout"` disables a setting. YAML files may also use `#`.
+  `"drainTimeout"` to `"{COMMENT_PREFIX}drainTimeout"` disables a setting. YAML files may also
+  use `#`.
 - Keys are camelCase. Unknown keys and keys given twice are errors (with a "did you mean"
   suggestion for typos); nothing is silently ignored.
 - Types are strict: booleans are `true`/`false` (`"false"` is an error), ports are integers

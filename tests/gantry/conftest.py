@@ -15,8 +15,11 @@ import pytest
 
 from gantry.lifecycle import Host, Lifecycle
 from gantry.progress import Reporter
-from gantry_helpers import MACHINE, Cli, RecordingReporter, pid_alive, wait_for
+from gantry_helpers import (MACHINE, Cli, RecordingReporter, forget_local_images, pid_alive,
+                            wait_for)
 from proxy.client import ProxyClient, ensure_running
+from proxy.keeper import KeeperClient
+from proxy.paths import keeper_socket_path
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +41,7 @@ def proxy(gantry_env) -> ProxyClient:
     yield client
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not pid_alive(pid), 15, "the proxy to exit")
+    KeeperClient(keeper_socket_path(client.socket_path)).stop()  # it keeps ports otherwise
 
 
 @pytest.fixture
@@ -52,6 +56,14 @@ def make_lifecycle(docker_client, proxy, project, gantry_env, test_images,
         return Lifecycle(host)
 
     return make
+
+
+@pytest.fixture
+def private_repo(docker_client, registry, project):
+    """A repo of this test alone (so removing its local images disturbs no other test)."""
+    repo = f"{registry}/gantry-test/pull-{project}"
+    yield repo
+    forget_local_images(docker_client, repo)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,6 +93,20 @@ def project_containers(docker_client, project: str) -> list:
     """Every container labelled with the project, running or not."""
     return docker_client.containers.list(all=True,
                                          filters={"label": f"io.gantry.project={project}"})
+
+
+def holds_for(predicate: Callable[[], Any], seconds: float, what: str,
+              interval: float = 0.05) -> int:
+    """Poll ``predicate`` for ``seconds``; AssertionError the first time it is false. Answers
+    how many times it was seen true (a sleep that also proves a condition throughout)."""
+    deadline = time.monotonic() + seconds
+    seen = 0
+    while time.monotonic() < deadline:
+        if not predicate():
+            raise AssertionError(f"{what} stopped holding after {seen} checks")
+        seen += 1
+        time.sleep(interval)
+    return seen
 
 
 def route_of(proxy: ProxyClient, project: str, c: Component) -> dict | None:

@@ -61,7 +61,7 @@ def test_console_reporter_lines():
     rep.draining("abcdef1234567890", 2, 8)
     lines = out.getvalue().splitlines()
     assert lines[0].endswith("] hello") and lines[0].startswith("[")
-    assert [l.split("] ", 1)[1] for l in lines[1:]] == [
+    assert [line.split("] ", 1)[1] for line in lines[1:]] == [
         "draining abcdef123456: 3 live connection(s), 10s left",
         "draining abcdef123456: 2 live connection(s), 8s left"]
 

@@ -26,9 +26,9 @@ def test_update_under_load_has_no_failed_request(life, proxy, project, docker_cl
     v1 = make_component(tag="v1")
     first = life.update(v1).container
     with Load([target(v1)], short_workers=2) as load:
-        load.wait_for(lambda l: l.versions()["v1"] >= 5, 10)
+        load.wait_for(lambda ld: ld.versions()["v1"] >= 5, 10)
         deployment = life.update(variant(v1, tag="v2"))
-        assert load.wait_for(lambda l: l.versions()["v2"] >= 5, 10)
+        assert load.wait_for(lambda ld: ld.versions()["v2"] >= 5, 10)
     assert load.failed == 0, load.errors()
     assert load.versions()["v1"] and load.versions()["v2"]
     assert deployment.replaced == (first.id,)
@@ -98,11 +98,11 @@ def test_failed_update_keeps_the_old_container_serving(case, life, proxy, projec
     first = life.update(v1).container
     changes, message = FAILURES[case]
     with Load([target(v1)], short_workers=2) as load:
-        load.wait_for(lambda l: l.versions()["v1"] >= 3, 10)
+        load.wait_for(lambda ld: ld.versions()["v1"] >= 3, 10)
         with pytest.raises(UpdateFailed) as failure:
             life.update(variant(v1, **changes))
         sent_before = load.sent
-        assert load.wait_for(lambda l: l.sent >= sent_before + 3, 10)
+        assert load.wait_for(lambda ld: ld.sent >= sent_before + 3, 10)
     assert message in str(failure.value)
     assert f"{first.short_id} keeps serving" in str(failure.value)
     assert load.failed == 0, load.errors()
@@ -148,14 +148,6 @@ def test_two_components_side_by_side(make_lifecycle, proxy, project, docker_clie
     assert request(target(api)) == (True, "v2")
     assert [c.labels["io.gantry.component"] for c in project_containers(docker_client, project)] \
         == ["api"]
-
-
-@pytest.fixture
-def private_repo(docker_client, registry, project):
-    """A repo of this test alone (so removing its local images disturbs no other test)."""
-    repo = f"{registry}/gantry-test/pull-{project}"
-    yield repo
-    forget_local_images(docker_client, repo)
 
 
 def test_update_pulls_the_resolved_digest(make_lifecycle, private_repo, docker_client):

@@ -21,12 +21,16 @@ from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests" / "gantry"))
 
 import loadgen  # noqa: E402  (scripts/)
 import rig  # noqa: E402
 from rig import wait_for  # noqa: E402,F401  (re-exported to the fleet tests)
+from gantry_helpers import forget_local_images  # noqa: E402  (tests/gantry/)
 from gantryd.etcd import Etcd  # noqa: E402
 from gantryd.store import Store  # noqa: E402
+from proxy.keeper import KeeperClient  # noqa: E402
+from proxy.paths import keeper_socket_path  # noqa: E402
 
 HOSTS = {"h1": "127.0.0.2", "h2": "127.0.0.3", "h3": "127.0.0.4"}
 LEASE_TTL = 3
@@ -146,6 +150,15 @@ class Fleet:
         ok, body = loadgen.request(self.address(host), path, timeout=5)
         return body if ok else f"error: {body}"
 
+    def proxy(self, host: str):
+        """A client of `host`'s proxy (the one its daemon started)."""
+        from proxy.client import ProxyClient
+        return ProxyClient(str(self.host_dir(host) / "proxy.sock"), timeout=5)
+
+    def route(self, host: str, comp: str = "web") -> dict:
+        """`host`'s proxy route of the component (its one port)."""
+        return self.proxy(host).route(f"{self.project}.{comp}.{self.port}")
+
     def acquired(self, revision: int) -> list[str]:
         """Hosts that took a rollout slot for `revision`, in etcd order."""
         return [e.machine for e in self.store.events("web")
@@ -184,9 +197,11 @@ class Fleet:
             os.kill(pid, signal.SIGTERM)
         for pid in pids:
             try:
-                wait_for(lambda: not process_alive(pid), 10, "the proxy to exit")
+                wait_for(lambda pid=pid: not process_alive(pid), 10, "the proxy to exit")
             except AssertionError:
                 os.kill(pid, signal.SIGKILL)
+        for name in HOSTS:  # the listener keepers the proxies started (they hold the ports)
+            KeeperClient(keeper_socket_path(str(self.base / name / "proxy.sock"))).stop()
         self.etcd.close()
 
     @staticmethod
@@ -200,6 +215,27 @@ class Fleet:
             return ProxyClient(str(socket_path), timeout=2).ping()["pid"]
         except (ProxyError, OSError, KeyError):
             return None
+
+
+def containers(docker_client, project: str, machine: str) -> list[str]:
+    """Ids of the running containers of `project` on simulated host `machine`, sorted."""
+    from gantry import labels as L
+    return sorted(c.id for c in docker_client.containers.list(
+        filters={"label": L.selector(project, machine)}))
+
+
+@contextlib.contextmanager
+def private_copy(docker_client, variant: str, project: str) -> Iterator[tuple[str, str]]:
+    """The test image `variant` pushed to a repository of `project` alone, with no local
+    reference: every host must pull it. Answers (repo, tag); forgotten locally at the end."""
+    repo = f"{rig.REGISTRY}/gantry-test/pull-{project}"
+    docker_client.images.get(rig.image_ref(variant)).tag(repo, variant)
+    docker_client.images.push(repo, tag=variant)
+    forget_local_images(docker_client, repo)
+    try:
+        yield repo, variant
+    finally:
+        forget_local_images(docker_client, repo)
 
 
 def process_alive(pid: int) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 from fleet_helpers import component
+from gantry.config import Rollout
+from gantry.config.schema import to_json
 
 
 def test_setconfig_getconfig_round_trip(fleet, test_images):
@@ -12,7 +14,7 @@ def test_setconfig_getconfig_round_trip(fleet, test_images):
     assert out.stdout.strip() == "Configuration updated"
     stored = json.loads(fleet.cli("getconfig", fleet.project).stdout)
     assert stored["components"][0]["tag"] == "v1"
-    assert stored["components"][0]["rollout"] == {"maxParallel": 1}  # defaults filled
+    assert stored["components"][0]["rollout"] == to_json(Rollout())  # defaults filled
 
 
 def test_bad_config_is_rejected_and_etcd_untouched(fleet, test_images):

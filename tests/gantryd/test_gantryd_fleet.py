@@ -6,27 +6,21 @@ are the scenarios of tests/scorecard, which run under load and count leaked cont
 from __future__ import annotations
 
 import loadgen  # scripts/ (on sys.path via tests/conftest.py)
-from gantry import labels as L
 from gantryd import rollout
 from proxy.client import ProxyClient
 
-from fleet_helpers import HOSTS, component, wait_for
-
-
-def containers(docker_client, project: str, machine: str) -> list[str]:
-    return sorted(c.id for c in docker_client.containers.list(
-        filters={"label": L.selector(project, machine)}))
+from fleet_helpers import HOSTS, component, containers, wait_for
 
 
 def test_rollout_one_host_at_a_time_under_load(fleet, test_images):
     fleet.deploy_v1(test_images)
     targets = [fleet.address(h) for h in HOSTS]
     with loadgen.Load(targets, short_workers=2, timeout=10) as load:
-        load.wait_for(lambda l: all(l.stats[t].sent >= 5 for t in targets), 20)
+        load.wait_for(lambda ld: all(ld.stats[t].sent >= 5 for t in targets), 20)
         fleet.setconfig(component(test_images, "v2", fleet.port))
         fleet.update()
         fleet.wait_done()
-        load.wait_for(lambda l: all(l.stats[t].versions["v2"] >= 3 for t in targets), 20)
+        load.wait_for(lambda ld: all(ld.stats[t].versions["v2"] >= 3 for t in targets), 20)
     assert load.failed == 0, load.errors()
     assert load.versions()["v1"] > 0 and load.versions()["v2"] > 0
     assert sorted(fleet.acquired(2)) == ["h1", "h2", "h3"]

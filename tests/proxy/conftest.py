@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import pytest
 
 from proxy.client import ProxyClient, ProxyNotRunning
+from proxy.keeper import KeeperClient
+from proxy.paths import keeper_socket_path
 from proxy_servers import EchoServer, wait_for
 
 
@@ -37,12 +39,14 @@ class ProxyProcess:
         self.process: subprocess.Popen | None = None
         self.client = ProxyClient(self.socket_path)
 
-    def start(self, timeout: float = 15.0) -> ProxyProcess:
+    def start(self, timeout: float = 15.0, prefix: Sequence[str] = (),
+              **popen: Any) -> ProxyProcess:
+        """`prefix`: a wrapper command (which must exec the proxy); `popen`: Popen options."""
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "--socket", self.socket_path,
+            [*prefix, sys.executable, "-m", "proxy", "run", "--socket", self.socket_path,
              "--state", self.state_path, *self.extra],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, **popen)
         log.close()
 
         def up() -> bool:
@@ -78,19 +82,29 @@ class ProxyProcess:
         assert self.process is not None
         return self.process.returncode
 
+    @property
+    def keeper(self) -> KeeperClient:
+        """The listener keeper of this proxy (it outlives kill and stop)."""
+        return KeeperClient(keeper_socket_path(self.socket_path))
+
+    def close(self) -> None:
+        """Kill the proxy and stop its keeper (which frees its ports)."""
+        self.kill()
+        self.keeper.stop()
+
 
 @pytest.fixture
 def make_proxy(tmp_path: Path) -> Iterator:
     started: list[ProxyProcess] = []
 
-    def make(*extra: str, tmp: Path | None = None) -> ProxyProcess:
-        proc = ProxyProcess(tmp or tmp_path, *extra).start()
+    def make(*extra: str, tmp: Path | None = None, **start: Any) -> ProxyProcess:
+        proc = ProxyProcess(tmp or tmp_path, *extra).start(**start)
         started.append(proc)
         return proc
 
     yield make
     for proc in started:
-        proc.kill()
+        proc.close()
 
 
 @pytest.fixture

@@ -200,3 +200,57 @@ def echo_digest(address: str, payload: bytes, timeout: float = 60.0) -> tuple[st
             size += len(data)
         sender.join(timeout)
         return digest.hexdigest(), size
+
+
+class HttpServer:
+    """A threaded HTTP/1.1 (keep-alive) backend answering its `name`; `GET /sleep/S` answers
+    after S seconds. `requests` counts the requests it answered."""
+
+    def __init__(self, name: str, host: str = LOOPBACK):
+        import http.server
+        import time
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                if self.path.startswith("/sleep/"):
+                    time.sleep(float(self.path.rsplit("/", 1)[1]))
+                body = outer.name.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                outer.requests += 1
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.name = name
+        self.requests = 0
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"{host}:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def http_get(address: str, path: str = "/", timeout: float = 30.0,
+             source: str | None = None) -> tuple[int, str]:
+    """One request on a new connection: (status, body)."""
+    import http.client
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout,
+                                      source_address=(source, 0) if source else None)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()

@@ -13,6 +13,8 @@ import sys
 import pytest
 
 from proxy.client import EX_ALREADY_RUNNING, ProxyClient, ensure_running
+from proxy.keeper import KeeperClient
+from proxy.paths import keeper_socket_path
 from proxy_servers import connect, free_port, held_connection, recv_all, refused, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,6 +49,7 @@ def test_restore_with_busy_port_reports_error_others_work(make_proxy, echo, tmp_
     proxy.client.set_route("good", good, echo.address)
     proxy.client.set_route("contested", contested, echo.address)
     proxy.stop()
+    proxy.keeper.stop()  # it would keep both ports for the restart
     host, port = contested.rsplit(":", 1)
     squatter = socket.create_server((host, int(port)))
     try:
@@ -64,7 +67,9 @@ def test_restore_with_busy_port_reports_error_others_work(make_proxy, echo, tmp_
 
 
 def test_sigterm_stops_accepting_and_drains(make_proxy, echo):
-    proxy = make_proxy("--shutdown-timeout", "30")
+    # Direct listeners close with the process (a keeper's would queue new clients instead:
+    # test_proxy_listeners.py).
+    proxy = make_proxy("--shutdown-timeout", "30", "--listeners", "direct")
     listen = f"127.0.0.1:{free_port()}"
     proxy.client.set_route("t", listen, echo.address)
     held = held_connection(listen)
@@ -109,6 +114,7 @@ def test_ensure_running_starts_detached_daemon(tmp_path, echo):
         assert _works(listen)
     finally:
         os.kill(pid, signal.SIGKILL)
+        KeeperClient(keeper_socket_path(sock)).stop()
 
 
 def test_corrupt_state_filerefused(tmp_path):

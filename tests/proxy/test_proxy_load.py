@@ -63,7 +63,8 @@ def test_switch_back_and_forth_under_load_drops_nothing(proxy, echo_pair):
             answer = proxy.client.set_route("sw", listen, target.address)
             assert answer["previous"] == previous.address
             count = sum(seen.values())
-            wait_for(lambda: sum(seen.values()) >= count + 3, what="connections after switch")
+            wait_for(lambda count=count: sum(seen.values()) >= count + 3,
+                     what="connections after switch")
     finally:
         stop.set()
         for t in threads:

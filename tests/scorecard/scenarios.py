@@ -13,6 +13,7 @@ running container per host, plus any stopped one.
 from __future__ import annotations
 
 import http.client
+import json
 import http.server
 import os
 import signal
@@ -315,6 +316,158 @@ def back_to_back(run: Run) -> str:
     return "converged on the last (v2)"
 
 
+def _history(f: Fleet) -> dict[int, dict[str, Any]]:
+    """`gantryd history --json` of the component: revision -> row."""
+    rows = json.loads(f.cli("history", f.project, "--json").stdout)["components"]["web"]
+    return {r["revision"]: r for r in rows}
+
+
+def _expect_rows(f: Fleet, expected: dict[int, tuple[str, str, str]]) -> dict[int, dict]:
+    """History rows with these (cause, actor, outcome prefix), once the last one is done."""
+    def matches() -> bool:
+        rows = _history(f)
+        return all(r in rows and (rows[r]["cause"], rows[r]["actor"]) == want[:2]
+                   and rows[r]["outcome"].startswith(want[2]) for r, want in expected.items())
+    try:
+        wait_for(matches, 10)
+    except AssertionError:
+        raise Miss(f"history rows {_history(f)}") from None
+    return _history(f)
+
+
+def rollback(run: Run) -> str:
+    """v2 rolled out, then `gantryd rollback` (to the last stable: v1), then `--to` v2's
+    revision again: each a new revision through the slots, one host at a time."""
+    from gantryd import history, rollout
+    f = run.fleet
+    run.roll("v2")
+    run.wait_done()
+    out = f.cli("rollback", f.project, "-c", "web")
+    if "rollback to revision 1" not in out.stdout:
+        raise Miss(f"rollback answered {out.stdout.strip()}")
+    run.wait_done()
+    run.expect_serving("v1")
+    v1 = f.store.desired("web").image
+    retained = {h: f.status(h).retained for h in HOSTS}
+    if not all(v1 in kept for kept in retained.values()):
+        raise Miss(f"hosts do not report v1 retained: {retained}")
+    f.cli("rollback", f.project, "-c", "web", "--to", "2")
+    run.wait_done()
+    run.expect_serving("v2")
+    events = f.store.events("web")
+    if any(rollout.max_overlap(events, r) != 1 or sorted(f.acquired(r)) != sorted(HOSTS)
+           for r in (3, 4)):
+        raise Miss("a rollback did not go through the slots one host at a time")
+    me = history.actor()
+    rows = _expect_rows(f, {1: ("update", me, "rolled out in"), 2: ("update", me, "rolled out"),
+                            3: ("rollback to r1", me, "rolled out"),
+                            4: ("rollback to r2", me, "rolled out")})
+    tags = {r: rows[r]["image"].split("@")[0].rsplit(":", 1)[1] for r in rows}
+    if tags != {1: "v1", 2: "v2", 3: "v1", 4: "v2"} or set(rows[4]["hosts"]) != set(HOSTS):
+        raise Miss(f"history rows {rows}")
+    return "rolled back, then --to r2"
+
+
+# Ready for the first container that asks (the first host), for no other one: a version that
+# fails on the second host of a rollout.
+FIRST_ONLY_CGI = """#!/bin/sh
+me=$(hostname)
+mkdir /claim/lock 2>/dev/null && echo "$me" > /claim/owner
+if [ "$(cat /claim/owner 2>/dev/null)" = "$me" ]; then
+  printf 'Content-Type: text/plain\r\n\r\nready\n'
+else
+  printf 'Status: 503 Not the first\r\nContent-Type: text/plain\r\n\r\nnot me\n'
+fi
+"""
+
+
+def auto_revert(run: Run) -> str:
+    """With rollout.onFailure "rollback", v2 is ready on the first host and never on the
+    second: the fleet goes back to v1 by itself (the first host too), `wait` says so."""
+    from gantryd import history, rollout
+    f = run.fleet
+    script, claim = f.base / "first-only", f.base / "claim"
+    script.write_text(FIRST_ONLY_CGI)
+    script.chmod(0o755)
+    claim.mkdir()
+    check = {"kind": "http", "port": 8080, "path": "/cgi-bin/first", "timeout": 1,
+             "interval": 0.2}
+    run.roll("v2", readyChecks=[check], rollout={"onFailure": "rollback"},
+             bindings=[{"host": str(script), "container": "/www/cgi-bin/first",
+                        "readOnly": True}, {"host": str(claim), "container": "/claim"}])
+    out = f.wait(timeout=90)
+    revert = f.store.desired("web")
+    if out.returncode != 1 or revert.cause != "auto-revert" or revert.reverted is None:
+        raise Miss(f"wait exited {out.returncode} ({out.stderr.strip()[:200]}); "
+                   f"desired {revert}")
+    failed, moved = revert.reverted.machine, f.acquired(2)[:1]
+    if f.acquired(2) != moved + [failed] or (revert.revision, revert.source) != (3, 1):
+        raise Miss(f"revision 2 taken by {f.acquired(2)}, failed on {failed}; {revert}")
+    if f"rollout failed on {failed}" not in out.stderr or "was reverted" not in out.stderr:
+        raise Miss(f"wait said: {out.stderr.strip()[:300]}")
+    try:
+        wait_for(lambda: sorted(m.machine for m in f.store.machines("web")
+                                if rollout.host_done(revert, m)) == sorted(HOSTS), 60)
+    except AssertionError:
+        raise Miss(f"hosts after the revert: {f.store.machines('web')}") from None
+    run.expect_serving("v1")
+    if f.acquired(3) != moved:
+        raise Miss(f"hosts that took a slot for the revert: {f.acquired(3)}, moved: {moved}")
+    rows = _expect_rows(f, {2: ("update", history.actor(), f"halted on {failed}: "),
+                            3: ("auto-revert to r1", f"gantryd@{failed}", "rolled out")})
+    if "reverted by r3" not in rows[2]["outcome"]:
+        raise Miss(f"r2 outcome: {rows[2]['outcome']}")
+    return "reverted to v1"
+
+
+def failed_bake(run: Run) -> str:
+    """A version that passes its ready checks, serves, then turns unhealthy 3 s after its
+    start, during its bake (rollout.minHealthy 20 s): its host switches straight back to the
+    v1 container it kept (drained, not routed) and the rollout halts."""
+    f = run.fleet
+    before = {h: f.route(h)["backend"] for h in HOSTS}
+    run.roll("sickly", rollout={"minHealthy": 20})
+    outcome = _expect_halt(run)
+    halted = f.store.desired("web").halted
+    if "bake" not in halted.error:
+        raise Miss(f"halted for another reason: {halted.error}")
+    after = {h: f.route(h)["backend"] for h in HOSTS}
+    if after != before:
+        raise Miss(f"routes not back on the v1 containers: {before} -> {after}")
+    if not run.load.versions()["sickly"]:
+        raise Miss("the new version never served (no bake under traffic)")
+    return "switched back; " + outcome
+
+
+def health_remediation(run: Run) -> str:
+    """Every host's container turns unhealthy at once (/health answers 404 from then on):
+    each host replaces its own, holding the rollout slot (maxParallel 1), one at a time."""
+    from gantryd import rollout
+    f = run.fleet
+    before = {h: f.route(h)["backend"] for h in HOSTS}
+    for h in HOSTS:
+        if f.answers(h, "/cgi-bin/break") != "broken":
+            raise Miss(f"could not break {h}'s health")
+
+    def replaced() -> bool:
+        return all(f.route(h)["backend"] != before[h] and f.status(h).status == "ready"
+                   and f.answers(h, "/health") == "ok" for h in HOSTS)
+    try:
+        wait_for(replaced, 90)
+    except AssertionError:
+        raise Miss(f"not every host replaced its container: "
+                   f"{ {h: f.status(h).status for h in HOSTS} }") from None
+    events = f.store.events("web")
+    fixed = [e.machine for e in events
+             if e.kind == "acquired" and (e.detail or "").startswith("remediation: ")]
+    if sorted(fixed) != sorted(HOSTS):
+        raise Miss(f"remediation events for {fixed}")
+    if rollout.max_overlap(events) != 1:
+        raise Miss("two hosts restarted at once")
+    run.expect_serving("v1")
+    return "remediated one host at a time"
+
+
 def kill9_gantryd(run: Run) -> str:
     """kill -9 of the gantryd holding the rollout slot, mid-drain; it comes back later."""
     f = run.fleet
@@ -351,9 +504,10 @@ def kill9_gantryd(run: Run) -> str:
 
 
 def kill9_proxy(run: Run) -> str:
-    """kill -9 of the proxy of the host that holds the rollout slot. Connections that proxy
-    carries die with it, and nothing listens until it is back: those failures are excused
-    (only through that host, only while it was down); the other hosts must not fail one."""
+    """kill -9 of the proxy of the host that holds the rollout slot. Its listening sockets
+    live on in its listener keeper, so connections opened while it is down wait in the
+    backlog until gantryd has restarted it: none may be refused. Only the connections the
+    killed process carried may fail (excused: at most those in flight at the kill)."""
     f = run.fleet
     run.roll("v2")
     victim = wait_for(lambda: next((h for _, h, _ in f.store.holders("web")), None), 30,
@@ -362,8 +516,10 @@ def kill9_proxy(run: Run) -> str:
     from proxy.client import ProxyClient, ProxyError
     client = ProxyClient(sock, timeout=2)
     pid = client.ping()["pid"]
+    target = f.address(victim)
+    ended = run.load.ended(target)
     os.kill(pid, signal.SIGKILL)
-    killed_at = run.load.stats[f.address(victim)].failed
+    in_flight = run.load.in_flight_since(target, ended)
 
     def restarted() -> bool:
         try:
@@ -374,19 +530,54 @@ def kill9_proxy(run: Run) -> str:
         wait_for(restarted, 30, "the proxy to be restarted")
     except AssertionError:
         raise Miss(f"{victim}'s proxy was not restarted") from None
-    target = f.address(victim)
     # Routes restored: the host serves again (v1 or v2, depending on where the kill landed).
     wait_for(lambda: f.answers(victim) in ("v1", "v2"), 30, "the restarted proxy to serve")
-    back = run.load.stats[target].failed
     run.wait_done()
     run.expect_serving("v2")
-    late = run.load.stats[target].failed - back
-    if late:
-        raise Miss(f"{late} requests failed through {victim} after its proxy was back")
-    run.excused = back
-    run.note = (f"{back} requests failed through {victim}'s proxy between its kill -9 and its "
-                f"restart ({killed_at} before the kill)")
+    failed, refused = run.load.stats[target].failed, run.load.refused
+    if refused:
+        raise Miss(f"{refused} connections refused")
+    if failed > in_flight:
+        raise Miss(f"{failed} requests failed through {victim}, more than the {in_flight} "
+                   "in flight at its proxy's kill -9")
+    run.excused = failed
+    run.note = (f"{failed} requests failed through {victim}'s proxy, of {in_flight} in flight "
+                "at its kill -9; 0 refused")
     return "rolled out; proxy restarted"
+
+
+def proxy_upgrade(run: Run) -> str:
+    """`gantry-proxy upgrade` of every host's proxy under load, with a long request held
+    through each; then a rollout through the new proxies. Nothing may fail."""
+    f = run.fleet
+    held = [run.hold(h, 5) for h in HOSTS]
+    wait_for(lambda: all(_live(f, h) for h in HOSTS), 10, "the held requests to be live")
+    upgraded = []
+    for host in HOSTS:
+        env = f.host_env(host)
+        out = subprocess.run([sys.executable, "-m", "proxy", "upgrade", "--socket",
+                              env["GANTRY_PROXY_SOCKET"]], capture_output=True, text=True,
+                             timeout=90, env=env, cwd=ROOT)
+        if out.returncode != 0:
+            raise Miss(f"upgrade of {host}'s proxy failed: {out.stderr.strip()[:200]}")
+        upgraded.append(f"{host} {out.stdout.strip().rsplit(': ', 1)[-1]}")
+    run.roll("v2")
+    run.wait_done()
+    run.expect_serving("v2")
+    results = [h.join() for h in held]
+    if results != [(True, "v1")] * len(held):
+        raise Miss(f"held requests answered {results}")
+    if run.load.refused:
+        raise Miss(f"{run.load.refused} connections refused")
+    run.note = "upgraded " + ", ".join(upgraded)
+    return "upgraded; rolled out"
+
+
+def _live(f: Fleet, host: str) -> int:
+    """Live connections through `host`'s proxy."""
+    from proxy.client import ProxyClient
+    routes = ProxyClient(f.host_env(host)["GANTRY_PROXY_SOCKET"], timeout=5).routes()
+    return sum(b["live"] for r in routes for b in r["backends"])
 
 
 def etcd_member_down(run: Run) -> str:
@@ -483,10 +674,19 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "rolled out; held requests done on v1", slow_client),
     Scenario("back_to_back", "v1 -> v2 -> v3 -> v2 back to back",
              "converged on the last (v2)", back_to_back),
+    Scenario("rollback", "rollback under load", "rolled back, then --to r2", rollback),
+    Scenario("auto_revert", "auto-revert under load (v2 fails on the second host)",
+             "reverted to v1", auto_revert),
+    Scenario("failed_bake", "new version unhealthy during its bake",
+             "switched back; halted as expected", failed_bake),
+    Scenario("health_remediation", "every host unhealthy at once (maxParallel 1)",
+             "remediated one host at a time", health_remediation),
     Scenario("kill9_gantryd", "kill -9 of the slot holder's gantryd",
              "rolled out; killed host recovered", kill9_gantryd),
     Scenario("kill9_proxy", "kill -9 of a proxy mid-rollout", "rolled out; proxy restarted",
              kill9_proxy),
+    Scenario("proxy_upgrade", "proxy upgrade under load", "upgraded; rolled out",
+             proxy_upgrade),
     Scenario("etcd_member_down", "1 of 3 etcd members killed", "rolled out", etcd_member_down,
              etcd_members=3),
     Scenario("etcd_outage", f"etcd down {ETCD_OUTAGE} s mid-rollout", "rolled out", etcd_outage,
@@ -528,7 +728,7 @@ def _run_on(sc: Scenario, fleet: Fleet, images, cluster, row: Row) -> None:
     run = Run(fleet, images, load, dict(BASE_CONFIG), cluster)
     load.start()
     try:
-        load.wait_for(lambda l: all(l.stats[t].sent >= 3 for t in targets), 20)
+        load.wait_for(lambda ld: all(ld.stats[t].sent >= 3 for t in targets), 20)
         row.outcome = sc.body(run)
     except Miss as exc:
         row.outcome = f"MISS: {exc}"
@@ -549,8 +749,9 @@ def _run_on(sc: Scenario, fleet: Fleet, images, cluster, row: Row) -> None:
 
 def leaks(project: str) -> list[str]:
     """Containers of `project` beyond one running per simulated host, plus stopped ones."""
+    fmt = f'{{{{.ID}}}} {{{{.State}}}} {{{{.Label "{MACHINE_LABEL}"}}}}'
     out = subprocess.run(["docker", "ps", "-a", "--filter", f"label={PROJECT_LABEL}={project}",
-                          "--format", f'{{{{.ID}}}} {{{{.State}}}} {{{{.Label "{MACHINE_LABEL}"}}}}'],
+                          "--format", fmt],
                          capture_output=True, text=True, check=True).stdout.split("\n")
     found, seen = [], set()
     for line in filter(None, out):

@@ -1,0 +1,62 @@
+"""What "unhealthy" means, once, for `gantry monitor`, the bake after a switch
+(:mod:`gantry.bake`) and gantryd's fleet remediation (:mod:`gantryd.health`).
+
+A container is unhealthy after ``healthFailures`` consecutive failed rounds of its health
+checks (the ready checks when it has none), so one lost probe never replaces anything; a
+container that is no longer running is unhealthy at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from . import checks as C
+from .runtime import Runtime
+
+
+def checks_of(component: Any) -> Sequence[Any]:
+    """The checks that judge a live container: health checks, else the ready checks."""
+    return component.health_checks or component.ready_checks
+
+
+def interval_of(component: Any) -> float:
+    """How often a round of checks runs: the shortest check interval (1 s without checks)."""
+    return min((float(c.interval) for c in checks_of(component)), default=1.0)
+
+
+@dataclass
+class Streak:
+    """Consecutive failed rounds of one container's checks (a new container starts over)."""
+
+    limit: int
+    container: str | None = None
+    failures: int = 0
+    problems: tuple[str, ...] = ()
+    gone: bool = False  # the container is not running any more
+
+    @property
+    def unhealthy(self) -> bool:
+        return self.gone or self.failures >= self.limit
+
+    def observe(self, container_id: str, problems: Sequence[str], gone: bool = False) -> None:
+        if container_id != self.container:
+            self.container, self.failures = container_id, 0
+        self.failures = self.failures + 1 if problems else 0
+        self.problems, self.gone = tuple(problems), gone
+
+    def reset(self) -> None:
+        self.container, self.failures, self.problems, self.gone = None, 0, (), False
+
+    def describe(self) -> str:
+        return f"unhealthy ({self.failures}/{self.limit}): {'; '.join(self.problems)}"
+
+
+def examine(component: Any, runtime: Runtime, container_id: str, streak: Streak) -> None:
+    """One round of the component's checks against ``container_id``, counted in ``streak``.
+
+    Docker errors propagate (GantryError): an engine that does not answer says nothing
+    about the container's health.
+    """
+    info = runtime.inspect(container_id)
+    problems = C.check_once(checks_of(component), runtime, container_id)
+    streak.observe(container_id, problems, gone=info is None or not info.running)

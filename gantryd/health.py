@@ -1,0 +1,110 @@
+"""Fleet health remediation, the watching half: `gantryd run` runs the health checks of every
+component this host serves as desired (status `ready`), in a thread of its own, with gantry's
+rules (:mod:`gantry.health`: the health checks, else the ready checks; unhealthy after
+`healthFailures` consecutive failed rounds, or when the container stopped running).
+
+The replacing half is the daemon's: when a component turned unhealthy it reports `unhealthy`,
+takes a rollout slot (the same slots as rollouts, so at most `maxParallel` hosts restart at
+once even when the whole fleet turns unhealthy together), reports `restarting` and replaces
+the container through the lifecycle (same image and config); the slot's `acquired` event says
+`remediation: ...`. A failed replacement keeps the old container, reports `unhealthy` and
+waits for another `healthFailures` failures before it tries again; it never halts a rollout.
+Frozen, canary, split, halted or updating hosts are not watched.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gantry import health as H
+from gantry.errors import GantryError
+
+from .store import Desired
+
+log = logging.getLogger("gantryd.health")
+
+
+class HealthWatch:
+    """Health checks of the watched components of one host (``lifecycle``'s)."""
+
+    def __init__(self, lifecycle: Any, on_unhealthy: Callable[[], None]) -> None:
+        self.lifecycle = lifecycle
+        self.on_unhealthy = on_unhealthy  # wakes the daemon's loop
+        self._lock = threading.Lock()
+        self._watched: dict[str, tuple[int, Any]] = {}  # component -> (revision, model)
+        self._streaks: dict[str, H.Streak] = {}
+        self._due: dict[str, float] = {}
+
+    def due(self, component: str, desired: Desired | None, ready: bool) -> str | None:
+        """Called by the daemon on every turn: watch `component` while it is `ready` as
+        `desired` says (else forget it); answers why it must be replaced, if it must."""
+        if not ready or desired is None:
+            with self._lock:
+                self._watched.pop(component, None)
+                self._streaks.pop(component, None)
+            return None
+        with self._lock:
+            seen = self._watched.get(component)
+        if seen is None or seen[0] != desired.revision:
+            model = desired.model()
+            with self._lock:
+                self._watched[component] = (desired.revision, model)
+                self._streaks[component] = H.Streak(model.health_failures)
+        return self.unhealthy(component)
+
+    def unhealthy(self, component: str) -> str | None:
+        """Why `component`'s live container is unhealthy; None while it is not (or when the
+        container judged is no longer the live one)."""
+        with self._lock:
+            streak = self._streaks.get(component)
+            if streak is None or not streak.unhealthy:
+                return None
+            judged, why = streak.container, streak.describe()
+        current = self.lifecycle.current(component)
+        if current is None or current.id != judged:
+            return None
+        return f"{current.short_id} {why}"
+
+    def reset(self, component: str) -> None:
+        """After a replacement (done or failed): count from zero again."""
+        with self._lock:
+            streak = self._streaks.get(component)
+            if streak is not None:
+                streak.reset()
+
+    def run(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            now = time.monotonic()
+            with self._lock:
+                watched = dict(self._watched)
+            wake = now + 1.0
+            for component, (_, model) in watched.items():
+                if self._due.get(component, 0.0) <= now:
+                    self._round(component, model)
+                    self._due[component] = time.monotonic() + H.interval_of(model)
+                wake = min(wake, self._due[component])
+            stopping.wait(max(0.05, wake - time.monotonic()))
+
+    def _round(self, component: str, model: Any) -> None:
+        try:
+            current = self.lifecycle.current(component)
+            if current is None:
+                return
+            with self._lock:
+                streak = self._streaks.get(component)
+            if streak is None:
+                return
+            was = streak.unhealthy
+            H.examine(model, self.lifecycle.runtime, current.id, streak)
+        except GantryError as exc:  # the engine or the proxy does not answer: no verdict
+            log.debug("%s: no health verdict: %s", component, exc)
+            return
+        # Said once when it starts failing and once when it counts as unhealthy, not per
+        # round: a host waiting for a slot keeps failing meanwhile.
+        if streak.failures == 1 or (streak.unhealthy and not was):
+            log.warning("%s: %s %s", component, current.short_id, streak.describe())
+        if streak.unhealthy and not was:
+            self.on_unhealthy()
