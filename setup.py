@@ -30,7 +30,7 @@ setup(
     entry_points={
         "console_scripts": [
             "gantry=gantry.cli:main",
-            "gantryd=gantryd.cli:main",
+            "gantryd=gantryd.cli:entry",
             "gantry-proxy=proxy.cli:main",
         ]
     },

@@ -19,13 +19,14 @@ from typing import Any, Sequence
 from tabulate import tabulate
 
 from .commands import canary as canary_commands
+from .commands import logs as logs_commands
 from .commands import rollback as rollback_commands
 from .commands import traffic as traffic_commands
 from .config import ConfigError, load_config
 from .errors import GantryError, RouteError
 from .lifecycle import ContainerStatus, Host, Lifecycle
 from .progress import ConsoleReporter
-from .runtime import BACKEND_MODES, connect
+from .runtime import BACKEND_MODES, connect, short_ref
 
 log = logging.getLogger("gantry")
 
@@ -33,7 +34,9 @@ PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 DEFAULT_CONFIG = ".gantry"
 
 # Command groups kept in modules of their own (see gantry/commands/__init__.py).
-COMMAND_GROUPS = (traffic_commands, canary_commands, rollback_commands)
+COMMAND_GROUPS = (traffic_commands, canary_commands, rollback_commands, logs_commands)
+# Read-only commands: they neither take locks nor start the proxy.
+READ_ONLY = ("list", "logs")
 
 EPILOG = """\
 The config is a JSON (or .yml/.yaml) file describing the components (default: ./.gantry).
@@ -175,17 +178,12 @@ def _uptime(seconds: float | None) -> str:
     return f"{s}s"
 
 
-def _short_image(ref: str) -> str:
-    repo, sep, digest = ref.partition("@")
-    return f"{repo}@{digest[:19]}" if sep else ref  # sha256: + 12 hex digits
-
-
 def print_status(groups: dict[str, list[ContainerStatus]], as_json: bool) -> None:
     if as_json:
         print(json.dumps({name: [s.to_dict() for s in statuses]
                           for name, statuses in groups.items()}, indent=2))
         return
-    rows = [(name, s.short_id, _uptime(s.uptime()), _short_image(s.image), s.display_state)
+    rows = [(name, s.short_id, _uptime(s.uptime()), short_ref(s.image), s.display_state)
             for name, statuses in groups.items() for s in statuses]
     if not rows:
         print("no containers")
@@ -203,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     project = _project(args, config_path)
     machine = args.machine or socket.gethostname()
     client = connect()
-    proxy = _proxy(args, start=args.command != "list")
+    proxy = _proxy(args, start=args.command not in READ_ONLY)
     host = Host(client, proxy, project, machine, proxy_bind=args.proxy_bind, origin="gantry",
                 reporter=ConsoleReporter(), backend_mode=args.backend_mode,
                 lock_wait=args.wait)

@@ -444,7 +444,12 @@ class Lifecycle:
         rep.step(f"{name}: update starts" + (f" to {image}" if image else
                                                 f", resolving {component.image}"))
         ref = image or self._wrap(lambda: self.resolve(component), component)
-        if self._wrap(lambda: self.runtime.ensure_image(ref), component):
+        try:
+            pulled = self._wrap(lambda: self.runtime.ensure_image(
+                ref, lambda event: rep.pull_progress(name, ref, event)), component)
+        finally:
+            rep.pull_progress(name, ref, None)  # ended: a line redrawn in place goes
+        if pulled:
             rep.step(f"{name}: pulled {ref}")
         else:
             rep.step(f"{name}: image {ref} is present")

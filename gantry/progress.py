@@ -11,13 +11,19 @@ Methods (all optional to override):
 * ``waiting(message)`` -- a periodic update while waiting (ready checks, lock).
 * ``draining(container_id, live, remaining)`` -- live connections left on a draining container.
 * ``warning(message)`` -- something went wrong but the operation carries on.
+* ``pull_progress(component, ref, event)`` -- one event of Docker's pull stream (a dict);
+  ``event`` None: the pull ended (done or failed).
 """
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import Any, Mapping, TextIO
+
+from .liveline import LiveLine, is_terminal
+from .pullprogress import PullSummary
+from .runtime import short_ref
 
 log = logging.getLogger("gantry.progress")
 
@@ -44,6 +50,10 @@ class Reporter:
     def warning(self, message: str) -> None:
         log.warning("%s", message)
 
+    def pull_progress(self, component: str, ref: str,
+                      event: Mapping[str, Any] | None) -> None:
+        pass  # per-layer events are too many for a log; the steps say pulling/pulled
+
 
 class NullReporter(Reporter):
     """Reports nothing (tests, quiet library use)."""
@@ -66,15 +76,24 @@ class ConsoleReporter(Reporter):
 
     Drain progress is printed when the live count changes, and at most every
     ``drain_every`` seconds otherwise, so a long drain does not flood the terminal.
+    On a terminal (``live``, default: the stream is a tty) a pull shows its progress on one
+    line redrawn in place (:mod:`gantry.pullprogress`); elsewhere only the step lines.
     """
 
-    def __init__(self, stream: TextIO | None = None, drain_every: float = 5.0) -> None:
+    def __init__(self, stream: TextIO | None = None, drain_every: float = 5.0,
+                 live: bool | None = None) -> None:
         super().__init__()
         self.stream = stream or sys.stdout
         self.drain_every = drain_every
         self._last_drain: tuple[str, int, float] | None = None
+        if live is None:
+            live = is_terminal(self.stream)
+        self._live = LiveLine(self.stream) if live else None
+        self._pulls: dict[tuple[str, str], PullSummary] = {}
 
     def _line(self, text: str) -> None:
+        if self._live is not None:
+            self._live.clear()
         self.stream.write(f"[{self.elapsed():6.1f}s] {text}\n")
         self.stream.flush()
 
@@ -99,3 +118,19 @@ class ConsoleReporter(Reporter):
     def warning(self, message: str) -> None:
         log.debug("%s", message)
         self._line(f"warning: {message}")
+
+    def pull_progress(self, component: str, ref: str,
+                      event: Mapping[str, Any] | None) -> None:
+        if self._live is None:
+            return
+        key = (component, ref)
+        if event is None:
+            self._pulls.pop(key, None)
+            self._live.clear()
+            return
+        summary = self._pulls.setdefault(key, PullSummary())
+        summary.feed(event)
+        # The counts before the image: a line too long for the terminal is cut at the end.
+        counts = summary.line()
+        self._live.show(f"[{self.elapsed():6.1f}s] {component}: pulling "
+                        + (f"{counts}  {short_ref(ref)}" if counts else short_ref(ref)))

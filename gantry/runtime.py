@@ -23,7 +23,7 @@ import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import docker
 import docker.errors
@@ -120,7 +120,7 @@ def docker_errors(what: str) -> Iterator[None]:
         raise DockerUnavailable(f"{what}: {exc}") from exc
 
 
-def connect(base_url: str | None = None, timeout: float = 60) -> docker.DockerClient:
+def connect(base_url: str | None = None, timeout: float | None = 60) -> docker.DockerClient:
     """A DockerClient for ``base_url`` (default: the environment, like the docker CLI), pinged."""
     try:
         client = (docker.DockerClient(base_url=base_url, timeout=timeout) if base_url
@@ -136,6 +136,12 @@ def split_digest_ref(ref: str) -> tuple[str, str | None]:
     """``repo@sha256:..`` -> (repo, digest); anything else -> (ref, None)."""
     repo, sep, digest = ref.partition("@")
     return (repo, digest) if sep else (ref, None)
+
+
+def short_ref(ref: str) -> str:
+    """``repo@sha256:<12 hex digits>`` for display; a ``repo:tag`` as it is."""
+    repo, sep, digest = ref.partition("@")
+    return f"{repo}@{digest[:19]}" if sep else ref  # sha256: + 12 hex digits
 
 
 class Runtime:
@@ -169,8 +175,9 @@ class Runtime:
             except docker.errors.ImageNotFound:
                 return False
 
-    def pull(self, ref: str) -> None:
-        """Pull ``ref`` (normally digest-pinned); raise ImageError on any failure."""
+    def pull(self, ref: str, on_event: Callable[[dict], None] | None = None) -> None:
+        """Pull ``ref`` (normally digest-pinned); raise ImageError on any failure.
+        ``on_event``: called with every event of the engine's pull stream (progress)."""
         repo, tag = parse_repository_tag(ref)
         try:
             with docker_errors(f"pulling {ref}"):
@@ -178,6 +185,8 @@ class Runtime:
                                                   decode=True):
                     if isinstance(event, dict) and event.get("error"):
                         raise ImageError(f"cannot pull {ref}: {event['error'].strip()}")
+                    if on_event is not None and isinstance(event, dict):
+                        on_event(event)
         except DockerFailed as exc:
             raise ImageError(f"cannot pull {ref}: {str(exc).split(': ', 1)[-1]}") from exc
         if not self.has_image(ref):
@@ -205,11 +214,12 @@ class Runtime:
             log.info("image %s kept: %s", ref, exc)
             return False
 
-    def ensure_image(self, ref: str) -> bool:
-        """Make ``ref`` present locally; True when it had to be pulled."""
+    def ensure_image(self, ref: str, on_event: Callable[[dict], None] | None = None) -> bool:
+        """Make ``ref`` present locally; True when it had to be pulled (``on_event``: see
+        :meth:`pull`)."""
         if self.has_image(ref):
             return False
-        self.pull(ref)
+        self.pull(ref, on_event)
         return True
 
     # -- containers -----------------------------------------------------------------------

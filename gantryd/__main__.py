@@ -1,6 +1,4 @@
 """`python -m gantryd`: the same as the `gantryd` command."""
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()

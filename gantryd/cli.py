@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import sys
-import threading
 import time
 from typing import Sequence
 
@@ -21,10 +20,13 @@ from gantry.config import ConfigError, load_config
 from gantry.progress import Reporter
 
 from . import etcd as E
-from . import freeze, history, revisions, rollout, split
+from . import history, revisions
 from .commands import canary as canary_commands
+from .commands import events as events_commands
+from .commands import follow as follow_commands
 from .commands import freeze as freeze_commands
 from .commands import history as history_commands
+from .commands import listing as listing_commands
 from .commands import traffic as traffic_commands
 from .keys import DEFAULT_PREFIX, check_segment
 from .store import Desired, Store, StoreError, now_iso
@@ -37,7 +39,8 @@ ENV_PASSWORD = "GANTRYD_ETCD_PASSWORD"
 DEFAULT_ETCD = "127.0.0.1:2379"
 
 # Command groups kept in modules of their own (see gantryd/commands/__init__.py).
-COMMAND_GROUPS = (traffic_commands, canary_commands, history_commands, freeze_commands)
+COMMAND_GROUPS = (traffic_commands, canary_commands, history_commands, freeze_commands,
+                  follow_commands, listing_commands, events_commands)
 
 
 class UsageError(Exception):
@@ -92,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _components(p)
     canary_commands.add_canary_option(p)
     p.add_argument("--docker", default=None, help="Docker engine URL (default: environment)")
+    follow_commands.add_options(p, update=True)
     p = command("run", "run the per-host daemon for these components (blocks)")
     _components(p)
     p.add_argument("--machine", default=None, help="this host's name (default: hostname)")
@@ -101,16 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy-state", default=None, help="proxy state file (started if needed)")
     p.add_argument("--lease-ttl", type=int, default=15, help="lease TTL, seconds (default 15)")
     p.add_argument("--docker", default=None, help="Docker engine URL (default: environment)")
-    p = command("list", "show the desired state and every host's status")
-    _components(p, required=False)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command("stop", "drain and stop the components on every host")
     _components(p)
     p = command("kill", "kill the components on every host (no drain)")
     _components(p)
-    p = command("wait", "block until the rollout is done (0), failed (1) or timed out (2)")
-    _components(p)
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
     for group in COMMAND_GROUPS:
         group.register(command, _components)
     return parser
@@ -205,10 +203,12 @@ def cmd_update(args, store: Store) -> int:
                       component=comp.to_dict(), updated_at=now_iso())
         new = history.stamp(new, history.UPDATE)
         return canary_commands.shape(args, new, current)  # --canary: as a canary
+    written = time.monotonic()
     for name, desired in store.change_desired(args.components, change).items():
         canary = f", canary {desired.canary}%" if desired.canary else ""
-        print(f"Component {name} -> {desired.image} (revision {desired.revision}{canary})")
-    return 0
+        print(f"Component {name} -> {desired.image} (revision {desired.revision}{canary})",
+              file=sys.stderr if args.json else sys.stdout)  # --json: stdout holds JSON alone
+    return follow_commands.follow(args, store, args.components, written) if args.wait else 0
 
 
 def _set_status(store: Store, names: Sequence[str], status: str) -> int:
@@ -236,89 +236,6 @@ def cmd_kill(args, store: Store) -> int:
     return _set_status(store, args.components, "killed")
 
 
-def _component_names(args, store: Store) -> list[str]:
-    if args.components:
-        return list(args.components)
-    return list(store.require_config().names)
-
-
-def _short(image: str | None) -> str:
-    """`repo@sha256:<12 hex>`: enough to tell versions apart (--json has it all)."""
-    if not image:
-        return "-"
-    repo, sep, digest = image.partition("@sha256:")
-    return f"{repo}@sha256:{digest[:12]}" if sep else image
-
-
-def cmd_list(args, store: Store) -> int:
-    from tabulate import tabulate
-    names = _component_names(args, store)
-    rows, hosts, out = [], [], {}
-    for name in names:
-        desired = store.desired(name)
-        machines = store.machines(name)
-        holds = freeze.read(store, name)
-        out[name] = {"desired": desired.to_json() if desired else None,
-                     "machines": [m.to_json() for m in machines], "freeze": holds.to_json()}
-        status = "-" if desired is None else (
-            f"halted ({desired.halted.machine})" if desired.is_halted and desired.halted
-            else split.desired_status(desired))
-        rows.append([name, status, _short(desired.image if desired else None)])
-        for m in machines:
-            shown = split.host_status(m)  # `canary P%` for a host in a fleet canary
-            hold = holds.of(m.machine) if m.status == "frozen" else None
-            shown = hold.describe() if hold else shown  # frozen (reason, who, since)
-            status = f"{shown} ({', '.join(m.traffic)})" if m.traffic else shown
-            hosts.append([m.machine, name, status, _short(m.image), m.since or "-",
-                          m.error or ""])
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return 0
-    print(tabulate(rows, headers=["COMPONENT", "STATUS", "IMAGE ID"]))
-    print()
-    print(tabulate(hosts, headers=["MACHINE", "COMPONENT", "STATUS", "IMAGE", "SINCE", "ERROR"])
-          if hosts else "(no live host)")
-    return 0
-
-
-def cmd_wait(args, store: Store) -> int:
-    """Re-evaluate on every change under the project (watch), never by polling."""
-    changed = threading.Event()
-    # The watch starts at the revision before the first read (the stream itself comes up in
-    # its own thread, later), so no change between the read and the stream is lost.
-    watch = store.watch(lambda batch: changed.set(), start_revision=store.etcd.revision() + 1,
-                        on_state=lambda up: changed.set())
-    deadline = time.monotonic() + args.timeout
-    try:
-        while True:
-            changed.clear()
-            states = {n: rollout.progress(store.desired(n), store.machines(n))
-                      for n in args.components}
-            failed = [(n, p.failed) for n, p in states.items() if p.failed]
-            if failed:
-                for name, (machine, error) in failed:
-                    print(f"{name}: rollout failed on {machine}: {error}", file=sys.stderr)
-                return 1
-            if all(p.done for p in states.values()):
-                for name, p in states.items():
-                    # The host that completed it marks it done too; after `wait` it is there.
-                    revisions.mark_done(store, name)
-                    if p.canaries:
-                        print(f"{name}: left out canary hosts: {', '.join(p.canaries)}")
-                    if p.frozen:
-                        print(f"{name}: left out frozen hosts: {', '.join(p.frozen)}")
-                return 0
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not changed.wait(remaining):
-                for name, p in states.items():
-                    if not p.done:
-                        what = ", ".join(p.pending) if p.pending else "no live host"
-                        print(f"{name}: timed out waiting for {what}", file=sys.stderr)
-                return 2
-    finally:
-        watch.cancel()
-
-
 def cmd_run(args, store: Store) -> int:
     from . import daemon
     machine = args.machine or socket.gethostname()
@@ -339,7 +256,7 @@ def cmd_run(args, store: Store) -> int:
 
 COMMANDS = {
     "setconfig": cmd_setconfig, "getconfig": cmd_getconfig, "update": cmd_update,
-    "run": cmd_run, "list": cmd_list, "stop": cmd_stop, "kill": cmd_kill, "wait": cmd_wait,
+    "run": cmd_run, "stop": cmd_stop, "kill": cmd_kill,
 }
 for _group in COMMAND_GROUPS:
     COMMANDS.update(_group.COMMANDS)
@@ -382,5 +299,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
 
 
+def entry() -> None:
+    """The program's entry (`gantryd`, `python -m gantryd`): main(), then exit at once.
+
+    Everything is done and flushed when main() returns; leaving through os._exit keeps the
+    gRPC threads of the etcd client (a watch's stream, the channel's pollers) from holding
+    the interpreter's shutdown, which was seen to hang a finished `wait` under heavy load.
+    """
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else 1)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

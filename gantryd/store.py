@@ -267,6 +267,14 @@ class Event:
         return {"kind": self.kind, "machine": self.machine, "revision": self.revision,
                 "slot": self.slot, "detail": self.detail, "at": self.at}
 
+    @classmethod
+    def from_kv(cls, kv: E.KeyValue) -> "Event":
+        data = _load(kv, "event")
+        return cls(kind=str(data.get("kind")), machine=str(data.get("machine")),
+                   revision=int(data.get("revision") or 0), slot=data.get("slot"),
+                   detail=data.get("detail"), at=str(data.get("at") or ""),
+                   etcd_revision=kv.mod_revision)
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -476,14 +484,7 @@ class Store:
     def events(self, component: str) -> list[Event]:
         """Every kept event, in the order etcd applied them."""
         kvs, _ = self.etcd.get_prefix(self.keys.events(component))
-        out = []
-        for kv in kvs:
-            data = _load(kv, "event")
-            out.append(Event(kind=str(data.get("kind")), machine=str(data.get("machine")),
-                             revision=int(data.get("revision") or 0), slot=data.get("slot"),
-                             detail=data.get("detail"), at=str(data.get("at") or ""),
-                             etcd_revision=kv.mod_revision))
-        return sorted(out, key=lambda e: e.etcd_revision)
+        return sorted((Event.from_kv(kv) for kv in kvs), key=lambda e: e.etcd_revision)
 
     # -- watching --------------------------------------------------------------------------
     def watch(self, callback: Callable[[E.WatchBatch], None], start_revision: int | None = None,

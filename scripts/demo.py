@@ -11,8 +11,9 @@ What it does, printing every real command it runs:
 4. ``gantryd setconfig`` + ``gantryd update`` (the tag is pinned to v1's digest), waits;
 5. starts steady HTTP load through the three proxies (short requests and multi-second ones);
 6. builds v2 and pushes it as ``stable`` too (the tag moved; the fleet keeps v1's digest),
-   then ``gantryd update`` pins the new digest and rolls it out one host at a time, shown
-   live (a status table on a terminal, a line per host state change otherwise);
+   then ``gantryd update --wait`` pins the new digest and rolls it out one host at a time,
+   shown live by gantryd itself (a line per host change and a table redrawn in place on a
+   terminal, a line per change otherwise; the summary at the end);
 7. prints a summary (requests sent/failed, per-host version and time, rollout time) and
    cleans everything up -- also on Ctrl-C -- unless ``--keep`` is given (``--stop`` then tears
    the kept demo down).
@@ -23,11 +24,9 @@ errors. It installs nothing: ``scripts/demo`` runs scripts/bootstrap first, then
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import signal
@@ -35,9 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -366,8 +363,7 @@ def wait_socket(path: str, proc: subprocess.Popen, log_path: Path, timeout: floa
     rig.wait_until(answers, timeout, f"gantry-proxy on {path}", interval=0.05)
 
 
-def start_hosts(state: DemoState, cmd: Commands, watch: StatusWatch,
-                procs: dict[str, subprocess.Popen],
+def start_hosts(state: DemoState, cmd: Commands, procs: dict[str, subprocess.Popen],
                 hosts: Sequence[tuple[str, str]] = HOSTS, lease_ttl: int = LEASE_TTL) -> None:
     """Per simulated host (name, bind address): a gantry-proxy of its own, then `gantryd run`
     using it. scripts/bench/fleet starts its larger fleets through this too."""
@@ -394,10 +390,14 @@ def start_hosts(state: DemoState, cmd: Commands, watch: StatusWatch,
         procs[f"{h.name}-daemon"] = proc
         h.daemon_pid = proc.pid
         state.save()
-    reported: set[str] = set()
 
-    def all_reported() -> bool:
-        reported.update(e.machine for e in watch.events(timeout=0.2) if e.status)
+    def all_reported() -> bool:  # `gantryd list --json`: every host has a status key
+        proc = cmd.run(cmd.gantryd_cmd("list", state.project, "-c", COMPONENT, "--json"),
+                       quiet=True, check=False)
+        try:
+            reported = {m["machine"] for m in json.loads(proc.stdout)[COMPONENT]["machines"]}
+        except (ValueError, KeyError, TypeError):
+            return False
         return reported >= {h.name for h in state.hosts}
     what = "the three hosts" if len(state.hosts) == 3 else f"the {len(state.hosts)} hosts"
     # Many daemons starting at once on a small machine take a while to import and connect.
@@ -421,87 +421,14 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, state: De
         time.sleep(0.2)
 
 
-# --- following a rollout ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class StatusEvent:
-    """A host's status key changed (``status`` None: deleted) at monotonic time ``at``."""
-
-    at: float
-    machine: str
-    status: dict[str, Any] | None
-
-
-class StatusWatch:
-    """``etcdctl watch`` on the hosts' status keys: every change as it happens, no polling.
-
-    The keys are gantryd's (``<prefix>/projects/<p>/components/<c>/machines/<machine>``,
-    the JSON of ``gantryd list --json``'s machines); gantryd wait says when it is done.
-    """
-
-    def __init__(self, state: DemoState, prefix: str = "/gantryd"):
-        self.root = f"{prefix}/projects/{state.project}/components/{COMPONENT}/machines/"
-        argv = ["etcdctl", "--endpoints", state.etcd, "watch", "--prefix", self.root, "-w", "json"]
-        say(f"$ {' '.join(argv)} &")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.DEVNULL, text=True,
-                                     env=dict(os.environ, ETCDCTL_API="3"))
-        self.queue: queue.Queue[StatusEvent] = queue.Queue()
-        threading.Thread(target=self._read, name="etcdctl-watch", daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            now = time.monotonic()
-            try:
-                batch = json.loads(line)
-            except ValueError:
-                continue
-            for event in batch.get("Events") or []:
-                kv = event.get("kv") or {}
-                key = base64.b64decode(kv.get("key", "")).decode(errors="replace")
-                deleted = event.get("type") == 1
-                try:
-                    value = None if deleted else json.loads(base64.b64decode(kv.get("value", "")))
-                except ValueError:
-                    continue
-                self.queue.put(StatusEvent(now, key[len(self.root):], value))
-
-    def events(self, timeout: float) -> list[StatusEvent]:
-        """What changed since the last call, waiting up to ``timeout`` for a first change."""
-        try:
-            got = [self.queue.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while not self.queue.empty():
-            got.append(self.queue.get_nowait())
-        return got
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(5)
-
-
-@dataclass
-class HostProgress:
-    """What the demo saw of one host during one rollout (times from the `update`)."""
-
-    status: str = "-"
-    version: str = "-"
-    error: str = ""
-    changed: float = 0.0
-    started: float | None = None  # first seen working on the new revision
-    done: float | None = None  # first seen ready on the new image
-
+# --- following a rollout ---------------------------------------------------------------------
 
 @dataclass
 class Rollout:
-    """One `gantryd update` followed until `gantryd wait` answers."""
+    """One `gantryd update --wait` (the live view is gantryd's own)."""
 
     ok: bool
     seconds: float
-    hosts: dict[str, HostProgress]
     image: str = ""
     message: str = ""
 
@@ -512,11 +439,6 @@ class Versions:
     def __init__(self) -> None:
         self.by_image: dict[str, str] = {}
 
-    def name(self, image: str | None) -> str:
-        if not image:
-            return "-"
-        return self.by_image.get(image, image.rsplit("@", 1)[-1][:19])
-
 
 def load_line(load: loadgen.Load | None) -> str:
     if load is None:
@@ -525,131 +447,34 @@ def load_line(load: loadgen.Load | None) -> str:
     return f"load: {load.sent} sent, {load.failed} failed ({answers or 'no answers yet'})"
 
 
-class Display:
-    """Shows host states: a table redrawn in place on a TTY, else a line per change."""
-
-    def __init__(self, state: DemoState, tty: bool):
-        self.state = state
-        self.tty = tty
-        self.lines = 0
-        self.last_drawn = 0.0
-
-    def changed(self, t: float, host: str, p: HostProgress, load: loadgen.Load | None) -> None:
-        if not self.tty:
-            extra = f" ({p.error})" if p.error else ""
-            tail = f"   [{load_line(load)}]" if load else ""
-            say(f"  +{t:5.1f}s  {host}  {p.status:<9} {p.version}{extra}{tail}")
-
-    def draw(self, t: float, hosts: dict[str, HostProgress], load: loadgen.Load | None,
-             force: bool = False) -> None:
-        if not self.tty or (not force and time.monotonic() - self.last_drawn < 0.2):
-            return
-        self.last_drawn = time.monotonic()
-        rows = [f"  {'HOST':<6} {'LISTEN':<16} {'STATUS':<9} {'VERSION':<8} SINCE"]
-        for h in self.state.hosts:
-            p = hosts.get(h.name, HostProgress())
-            note = f"  {p.error}" if p.error else ""
-            rows.append(f"  {h.name:<6} {h.bind + ':' + str(self.state.port):<16} "
-                        f"{p.status:<9} {p.version:<8} +{p.changed:.1f}s{note}")
-        rows.append(f"  {load_line(load)}" if load else "")
-        rows.append(f"  elapsed {t:.1f}s")
-        out = "".join(f"\x1b[{self.lines}F" if self.lines else "")
-        out += "\x1b[J" + "\n".join(rows) + "\n"
-        sys.stdout.write(out)
-        sys.stdout.flush()
-        self.lines = len(rows)
-
-
-def follow_rollout(cmd: Commands, state: DemoState, watch: StatusWatch, versions: Versions,
-                   name: str, load: loadgen.Load | None, tty: bool,
-                   timeout: float = 90) -> Rollout:
-    """`gantryd update` (the image it pins is demo version `name`), then `gantryd wait`,
-    showing every host's state as it changes meanwhile (from the status watch)."""
+def follow_rollout(cmd: Commands, state: DemoState, versions: Versions, name: str,
+                   tty: bool, timeout: float = 90) -> Rollout:
+    """`gantryd update --wait`: pin the tag (the image it pins is demo version `name`) and
+    show the rollout live exactly as a user sees it (on a terminal: a line per host change and
+    a table redrawn in place; else a line per change), then its summary."""
+    argv = cmd.gantryd_cmd("update", state.project, "-c", COMPONENT, "--wait", "--timeout",
+                           str(timeout))
+    say(f"$ {shown(argv)}")
     started = time.monotonic()
-    hosts: dict[str, HostProgress] = {h.name: HostProgress() for h in state.hosts}
-    history: list[StatusEvent] = []
-    display = Display(state, tty)
-
-    def fold(events: list[StatusEvent], draw: bool = True) -> None:
-        for event in events:
-            history.append(event)
-            show(event, hosts, versions, started, display, load)
-        if draw:
-            display.draw(time.monotonic() - started, hosts, load)
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # Hosts react while `gantryd update` is still printing: follow them already.
-        pinning = pool.submit(pin, cmd, state)
-        while not pinning.done():
-            fold(watch.events(timeout=0.2), draw=False)  # the update's output goes first
-        target, rev = pinning.result()
+    # On a terminal gantryd draws on it; otherwise (or --no-tty) its plain lines come through.
+    proc = subprocess.Popen(argv, env=cmd.env(), cwd=state.dir, text=True,
+                            stdout=None if tty else subprocess.PIPE,
+                            stderr=None if tty else subprocess.STDOUT)
+    try:
+        for line in proc.stdout if proc.stdout is not None else ():
+            say(f"  {line.rstrip()}")
+        code = proc.wait(timeout + 30)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
+    seconds = time.monotonic() - started
+    check_daemons(state)
+    target, _ = cmd.desired()
     if versions.by_image.setdefault(target, name) != name:
         raise DemoError(f"gantryd update pinned {target}, not {name}'s digest")
-    wait_argv = cmd.gantryd_cmd("wait", state.project, "-c", COMPONENT, "--timeout", str(timeout))
-    say(f"$ {shown(wait_argv)}")
-    waiter = subprocess.Popen(wait_argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env=cmd.env(), cwd=state.dir)
-    try:
-        fold([])
-        while waiter.poll() is None:
-            fold(watch.events(timeout=0.2))
-            check_daemons(state)
-        # `wait` answered from etcd; the watch may trail it by a moment.
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and not all(
-                timings(history, h, target, rev, started)[1] is not None for h in hosts):
-            fold(watch.events(timeout=0.1))
-        display.draw(time.monotonic() - started, hosts, load, force=True)
-    finally:
-        if waiter.poll() is None:
-            waiter.terminate()
-        output = waiter.communicate()[0].strip()
-    for line in output.splitlines():
-        say(f"  {line}")
-    for host, p in hosts.items():
-        p.started, p.done = timings(history, host, target, rev, started)
-    ok = waiter.returncode == 0 and all(p.done is not None for p in hosts.values())
-    seconds = max((p.done for p in hosts.values() if p.done is not None), default=0.0)
-    return Rollout(ok, seconds if ok else time.monotonic() - started, hosts, target,
-                   "" if ok else f"gantryd wait exited with {waiter.returncode}")
-
-
-def pin(cmd: Commands, state: DemoState) -> tuple[str, int]:
-    """`gantryd update`: pin the tag to a digest; answer the pinned image and revision."""
-    cmd.run(cmd.gantryd_cmd("update", state.project, "-c", COMPONENT))
-    return cmd.desired()
-
-
-def show(event: StatusEvent, hosts: dict[str, HostProgress], versions: Versions,
-         started: float, display: Display, load: loadgen.Load | None) -> None:
-    """Fold one host status change into what the display shows of that host."""
-    m = event.status or {"status": "gone"}  # no status: the key went with the host's lease
-    p = hosts.setdefault(event.machine, HostProgress())
-    version, error = versions.name(m.get("image")), m.get("error") or ""
-    if (m["status"], version, error) != (p.status, p.version, p.error):
-        p.status, p.version, p.error = m["status"], version, error
-        p.changed = max(0.0, event.at - started)
-        fresh = time.monotonic() - event.at < 0.5  # the load counters belong to that moment
-        display.changed(p.changed, event.machine, p, load if fresh else None)
-
-
-def timings(history: list[StatusEvent], machine: str, target: str, revision: int,
-            started: float) -> tuple[float | None, float | None]:
-    """When ``machine`` started working on ``revision`` (pulling/updating) and when it was
-    first ready on ``target``, in seconds from the update."""
-    start = done = None
-    for event in history:
-        m = event.status
-        if event.machine != machine or m is None or m.get("revision") != revision:
-            continue
-        t = max(0.0, event.at - started)
-        if start is None and m["status"] in ("pulling", "updating"):
-            start = t
-        if done is None and m["status"] == "ready" and m.get("image") == target:
-            done = t
-    if done is not None and start is None:
-        start = done
-    return start, done
+    return Rollout(code == 0, seconds, target,
+                   "" if code == 0 else f"gantryd update --wait exited with {code}")
 
 
 # --- the demo ---------------------------------------------------------------------------------
@@ -665,25 +490,21 @@ def run_demo(args: argparse.Namespace, state: DemoState, procs: dict[str, subpro
     build_and_push("v1", repo, versions)
 
     step("three simulated hosts (a proxy and a gantryd daemon each)")
-    watch = StatusWatch(state)
-    try:
-        return fleet_demo(args, state, cmd, watch, versions, repo, procs, t0)
-    finally:
-        watch.stop()
+    return fleet_demo(args, state, cmd, versions, repo, procs, t0)
 
 
-def fleet_demo(args: argparse.Namespace, state: DemoState, cmd: Commands, watch: StatusWatch,
+def fleet_demo(args: argparse.Namespace, state: DemoState, cmd: Commands,
                versions: Versions, repo: str, procs: dict[str, subprocess.Popen],
                t0: float) -> int:
     """From the three hosts' start to the summary."""
     tty = sys.stdout.isatty() and not args.no_tty
-    start_hosts(state, cmd, watch, procs)
+    start_hosts(state, cmd, procs)
 
     step("deploy v1 to the fleet (the tag is pinned to a digest)")
     config = write_config(state, repo)
     say(f"config: {config}")
     cmd.run(cmd.gantryd_cmd("setconfig", state.project, str(config)))
-    first = follow_rollout(cmd, state, watch, versions, "v1", None, tty)
+    first = follow_rollout(cmd, state, versions, "v1", tty)
     if not first.ok:
         raise DemoError(f"the first deploy did not complete: {first.message}")
     cmd.run(cmd.gantryd_cmd("list", state.project))
@@ -704,7 +525,8 @@ def fleet_demo(args: argparse.Namespace, state: DemoState, cmd: Commands, watch:
             "pinned by `gantryd update`, not the tag")
 
         step("roll out v2, one host at a time, under load")
-        rollout = follow_rollout(cmd, state, watch, versions, "v2", load, tty)
+        rollout = follow_rollout(cmd, state, versions, "v2", tty)
+        say(load_line(load))
     finally:
         say("stopping the load (requests in flight complete first)")
         load.stop()
@@ -724,13 +546,11 @@ def summary(state: DemoState, load: loadgen.Load, rollout: Rollout,
     say(f"answers:         {answers}")
     for error in load.errors()[:10]:
         say(f"  error: {error}")
-    for h in state.hosts:
-        p = rollout.hosts.get(h.name, HostProgress())
+    for h in state.hosts:  # per-host rollout times: gantryd's summary, above
         ok, answer = served[h.name]
-        took = (f"updated +{p.started:.1f}s -> +{p.done:.1f}s ({p.done - p.started:.1f}s)"
-                if p.done is not None and p.started is not None else f"not updated ({p.status})")
         serves = answer if ok else f"ERROR {answer}"
-        say(f"{h.name} {h.bind}:{state.port}  serves {serves:<4}  {took}")
+        digest = rollout.image.split("@")[-1][:19]
+        say(f"{h.name} {h.bind}:{state.port}  serves {serves:<4}  ({digest})")
     done = "complete" if rollout.ok else f"NOT complete ({rollout.message})"
     say(f"rollout:         {done} in {rollout.seconds:.1f}s (gantryd update -> every host ready)")
     say(f"demo took:       {total:.0f}s")

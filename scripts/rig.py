@@ -261,6 +261,8 @@ env | sort
 # that have no handler).
 APP_ENTRY = """#!/bin/sh
 trap 'kill $child 2>/dev/null; exit 0' TERM INT
+# One line of output (for `gantry logs` tests): which version, where.
+echo "app $(cat /www/index.html) listening on ${PORT:-8080}"
 httpd -f -p "${PORT:-8080}" -h /www &
 child=$!
 wait $child

@@ -30,7 +30,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
             "Every route sends all new connections to the canary; the old container drains "
             "(up to drainTimeout), is stopped and removed, as after an update.")
     p.add_argument("component")
-    p = add("abort", "drop a component's canary: back to 100% on the old container",
+    p = add("abort", "drop a component's canary: back to 100%% on the old container",
             "Every route sends all new connections to the old container again; the canary "
             "drains, is stopped and removed.")
     p.add_argument("component")

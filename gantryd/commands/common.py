@@ -5,6 +5,7 @@ import sys
 
 from gantry.config import ConfigError
 
+from .. import etcd as E
 from ..store import Store
 
 
@@ -18,3 +19,8 @@ def unknown_components(store: Store, names: list[str]) -> bool:
             print(f"gantryd: {exc}", file=sys.stderr)
             return True
     return False
+
+
+def watched_kv(ev: E.WatchEvent) -> E.KeyValue:
+    """A watched put as a key-value, for the records' `from_kv` readers."""
+    return E.KeyValue(ev.key, ev.value, 0, ev.mod_revision, 0, 0)

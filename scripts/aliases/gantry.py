@@ -16,7 +16,9 @@ sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _here]
 _package = os.path.splitext(os.path.basename(__file__))[0]
 
 if __name__ == "__main__":
-    sys.exit(importlib.import_module(f"{_package}.cli").main())
+    _cli = importlib.import_module(f"{_package}.cli")
+    # gantryd's entry() is main() plus a prompt exit (see gantryd.cli.entry).
+    sys.exit(_cli.entry() if hasattr(_cli, "entry") else _cli.main())
 else:
     del sys.modules[__name__]
     sys.modules[__name__] = importlib.import_module(__name__)

@@ -1,10 +1,16 @@
 """Helpers of the gantry lifecycle tests (imported by conftest.py and the test modules)."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import select
+import struct
 import subprocess
 import sys
+import tempfile
+import termios
 import threading
 import time
 from pathlib import Path
@@ -245,3 +251,41 @@ class Cli:
     def spawn(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen(self.argv(*args), cwd=self.workdir, env=self.env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def run_in_pty(self, *args: str, timeout: float = 60,
+                   columns: int = 200) -> tuple[int, str]:
+        """Run with a pseudo-terminal (``columns`` wide) as stdin/stdout/stderr, as from an
+        interactive shell: (exit status, everything it wrote, escape sequences included)."""
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+        proc = subprocess.Popen(self.argv(*args), cwd=self.workdir, env=self.env,
+                                stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        out = bytearray()
+        try:
+            while True:
+                ready, _, _ = select.select([master], [], [], timeout)
+                if not ready:
+                    raise AssertionError(f"gantry {args} wrote nothing for {timeout:g}s")
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every holder of the terminal's other side is gone
+                    break
+                if not chunk:
+                    break
+                out += chunk
+        finally:
+            os.close(master)
+        return proc.wait(timeout), out.decode(errors="replace")
+
+
+def build_unique_image(docker_client, base: str, repo: str, tag: str) -> str:
+    """``base`` plus a layer of its own (random bytes), pushed as ``repo:tag``: pulling it
+    downloads that layer for real (the others already exist here). Answers the reference."""
+    with tempfile.TemporaryDirectory(prefix="gantry-image-") as ctx:
+        (Path(ctx) / "Dockerfile").write_text(f"FROM {base}\nCOPY unique /unique\n")
+        (Path(ctx) / "unique").write_bytes(os.urandom(2_000_000))
+        docker_client.images.build(path=ctx, tag=f"{repo}:{tag}")
+    for event in docker_client.images.push(repo, tag=tag, stream=True, decode=True):
+        assert "error" not in event, event
+    return f"{repo}:{tag}"

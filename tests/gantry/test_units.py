@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from gantry import checks, labels
-from gantry.cli import _short_image, _uptime, sanitize_project
+from gantry.cli import _uptime, sanitize_project
 from gantry.errors import CheckFailed, LockBusy
 from gantry.lock import ComponentLock
 from gantry.progress import ConsoleReporter
-from gantry.runtime import ContainerInfo, Runtime
+from gantry.runtime import ContainerInfo, Runtime, short_ref
 
 
 def test_sanitize_project():
@@ -27,8 +27,8 @@ def test_uptime_and_image_formatting():
     assert _uptime(None) == "-"
     assert _uptime(42) == "42s"
     assert _uptime(3 * 3600 + 120) == "3h 2m"
-    assert _short_image("r/app@sha256:" + "a" * 64) == "r/app@sha256:" + "a" * 12
-    assert _short_image("r/app:v1") == "r/app:v1"
+    assert short_ref("r/app@sha256:" + "a" * 64) == "r/app@sha256:" + "a" * 12
+    assert short_ref("r/app:v1") == "r/app:v1"
 
 
 def test_labels_round_trip():
