@@ -86,7 +86,8 @@ def remove_project_containers(name: str) -> int:
 
     client = docker.from_env()
     try:
-        leftovers = client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={name}"})
+        leftovers = client.containers.list(all=True, ignore_removed=True,
+                                           filters={"label": f"{PROJECT_LABEL}={name}"})
         for c in leftovers:
             c.remove(force=True)
         return len(leftovers)

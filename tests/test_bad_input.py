@@ -305,7 +305,7 @@ def _keyspace(etcd: Etcd, prefix: str) -> list[tuple[str, bytes, int]]:
 
 
 def _project_containers(docker_client, project: str) -> list:
-    return docker_client.containers.list(all=True,
+    return docker_client.containers.list(all=True, ignore_removed=True,
                                          filters={"label": f"{PROJECT_LABEL}={project}"})
 
 

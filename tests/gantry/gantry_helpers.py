@@ -97,7 +97,7 @@ def target(c: Component) -> tuple[str, int]:
 
 def project_containers(docker_client, project: str) -> list:
     """Every container labelled with the project, running or not."""
-    return docker_client.containers.list(all=True,
+    return docker_client.containers.list(all=True, ignore_removed=True,
                                          filters={"label": f"io.gantry.project={project}"})
 
 

@@ -221,7 +221,7 @@ def containers(docker_client, project: str, machine: str) -> list[str]:
     """Ids of the running containers of `project` on simulated host `machine`, sorted."""
     from gantry import labels as L
     return sorted(c.id for c in docker_client.containers.list(
-        filters={"label": L.selector(project, machine)}))
+        ignore_removed=True, filters={"label": L.selector(project, machine)}))
 
 
 @contextlib.contextmanager
