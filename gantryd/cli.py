@@ -17,10 +17,9 @@ import time
 from typing import Sequence
 
 from gantry.config import ConfigError, load_config
-from gantry.progress import Reporter
 
 from . import etcd as E
-from . import history, revisions
+from . import deploy, history, revisions
 from .commands import canary as canary_commands
 from .commands import events as events_commands
 from .commands import follow as follow_commands
@@ -157,54 +156,13 @@ def cmd_getconfig(args, store: Store) -> int:
     return 0
 
 
-class _Notes(Reporter):
-    """Collects the lifecycle's warnings (e.g. "registry down, using the local image")."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.warnings: list[str] = []
-
-    def warning(self, message: str) -> None:
-        self.warnings.append(message)
-
-
-def resolve_image(docker_client, project: str, component) -> tuple[str, list[str]]:
-    """`repo:tag` -> `repo@sha256:...` the way gantry does it (registry first, the local
-    image only when the registry cannot be asked); answers the warnings too."""
-    from gantry.lifecycle import Host, Lifecycle
-    notes = _Notes()
-    host = Host(docker_client, None, project, machine="-", origin="gantryd", reporter=notes)
-    # Resolution needs no proxy; reuse gantry's rule rather than a copy of it.
-    return Lifecycle(host).resolve(component), notes.warnings
-
-
 def cmd_update(args, store: Store) -> int:
-    from gantry.runtime import connect as docker_connect
-    config = store.require_config()
-    components = {name: config.component(name) for name in args.components}
-    # An unreadable desired state fails here, before Docker is asked; what is read is what
-    # the update is decided on (history.expect).
-    seen = {name: store.desired(name) for name in components}
-    docker_client = docker_connect(args.docker)
-    pinned = {}
-    try:
-        for name, comp in components.items():
-            pinned[name], notes = resolve_image(docker_client, store.project, comp)
-            for note in notes:
-                print(f"warning: {name}: {note}", file=sys.stderr)
-    finally:
-        docker_client.close()
-
-    def change(name: str, current: Desired | None) -> Desired:
-        history.expect(name, seen[name], current, "update")
-        comp = components[name]
-        new = Desired(status="ready", revision=(current.revision if current else 0) + 1,
-                      image=pinned[name], config_hash=comp.spec_hash(),
-                      component=comp.to_dict(), updated_at=now_iso())
-        new = history.stamp(new, history.UPDATE)
-        return canary_commands.shape(args, new, current)  # --canary: as a canary
+    done = deploy.update(store, args.components, docker_url=args.docker,
+                         shape=lambda new, current: canary_commands.shape(args, new, current))
     written = time.monotonic()
-    for name, desired in store.change_desired(args.components, change).items():
+    for note in done.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    for name, desired in done.desired.items():
         canary = f", canary {desired.canary}%" if desired.canary else ""
         print(f"Component {name} -> {desired.image} (revision {desired.revision}{canary})",
               file=sys.stderr if args.json else sys.stdout)  # --json: stdout holds JSON alone

@@ -8,11 +8,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from gantry.errors import GantryError
 
 from .. import history as H
-from .. import revisions
-from ..store import Desired, Store
+from .. import deploy, revisions
+from ..store import Store
 
 
 def register(command: Callable[[str, str], argparse.ArgumentParser],
@@ -67,54 +66,16 @@ def cmd_history(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-def _missing(store: Store, name: str, image: str, docker_url: str | None) -> str | None:
-    """Why hosts could not run `image` (None: the registry has it, or every live host keeps
-    it: retainImages)."""
-    from gantry.runtime import Runtime, connect
-    try:
-        client = connect(docker_url)
-        try:
-            if Runtime(client).registry_has(image):
-                return None
-        finally:
-            client.close()
-    except GantryError:  # no Docker here: the hosts' retained images must do
-        pass
-    hosts = store.machines(name)
-    lacking = [m.machine for m in hosts if image not in m.retained]
-    if hosts and not lacking:
-        return None
-    where = f"; not retained on {', '.join(lacking)}" if hosts else "; no live host keeps it"
-    return f"image {image} is not in the registry{where}"
-
-
 def cmd_rollback(args: argparse.Namespace, store: Store) -> int:
     if args.to is not None and len(args.components) > 1:
         print("gantryd rollback: error: --to goes with one component", file=sys.stderr)
         return 2
-    config = store.require_config()
-    plans: dict[str, tuple[Desired, Desired]] = {}
-    for name in args.components:
-        config.component(name)  # an unknown one: exit 2 with a did-you-mean
-        current = store.desired(name)
-        if current is None:
-            print(f"gantryd: {name}: never updated, nothing to roll back", file=sys.stderr)
-            return 1
-        target = H.rollback_target(store.history(name), revisions.done(store, name), current,
-                                   args.to)
-        problem = _missing(store, name, target.image or "", args.docker)
-        if problem is not None:
-            print(f"gantryd: {name}: cannot roll back to revision {target.revision}: "
-                  f"{problem}", file=sys.stderr)
-            return 1
-        plans[name] = (current, target)
-
-    def change(name: str, current: Desired | None) -> Desired:
-        seen, target = plans[name]
-        H.expect(name, seen, current, "rollback")
-        assert current is not None
-        return H.repin(target, current, H.ROLLBACK, H.actor())
-    for name, desired in store.change_desired(args.components, change).items():
+    try:
+        done = deploy.rollback(store, args.components, to=args.to, docker_url=args.docker)
+    except deploy.DeployError as exc:
+        print(f"gantryd: {exc}", file=sys.stderr)
+        return 1
+    for name, desired in done.desired.items():
         print(f"Component {name} -> rollback to revision {desired.source}: {desired.image} "
               f"(revision {desired.revision})")
     return 0
