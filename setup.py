@@ -18,14 +18,14 @@ setup(
         # pure-python protobuf implementation before the first import so any protobuf works.
         "protobuf>=3.20",
         "grpcio>=1.50",
-        "twisted>=23.8",
+        "twisted[tls]>=23.8",  # tls: gantryd serve --tls-cert
         "pyyaml>=6.0",
         "tabulate>=0.9",
         "prometheus-client>=0.17",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2.1", "requests>=2.28",
-                 "pytest-xdist>=3.3", "ruff>=0.5"],
+                 "pytest-xdist>=3.3", "ruff>=0.5", "selenium>=4.10"],
     },
     entry_points={
         "console_scripts": [

@@ -26,8 +26,9 @@ from .commands import follow as follow_commands
 from .commands import freeze as freeze_commands
 from .commands import history as history_commands
 from .commands import listing as listing_commands
+from .commands import serve as serve_commands
 from .commands import traffic as traffic_commands
-from .keys import DEFAULT_PREFIX, check_segment
+from .keys import DEFAULT_PREFIX, check_segment, normalize_prefix
 from .store import Desired, Store, StoreError, now_iso
 
 log = logging.getLogger("gantryd")
@@ -39,7 +40,7 @@ DEFAULT_ETCD = "127.0.0.1:2379"
 
 # Command groups kept in modules of their own (see gantryd/commands/__init__.py).
 COMMAND_GROUPS = (traffic_commands, canary_commands, history_commands, freeze_commands,
-                  follow_commands, listing_commands, events_commands)
+                  follow_commands, listing_commands, events_commands, serve_commands)
 
 
 class UsageError(Exception):
@@ -81,10 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
+    def command(name: str, help: str, project: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         _common(p, top=False)
-        p.add_argument("project", help="project name")
+        if project:
+            p.add_argument("project", help="project name")
         return p
 
     p = command("setconfig", "validate a config file and store it in etcd")
@@ -125,10 +127,17 @@ def connect(args: argparse.Namespace) -> E.Etcd:
     return E.Etcd(endpoints, creds, timeout=args.etcd_timeout)
 
 
+def prefix_of(args: argparse.Namespace) -> str:
+    """The key prefix: --prefix, else $GANTRYD_PREFIX, else the default (normalized)."""
+    try:
+        return normalize_prefix(args.prefix or os.environ.get(ENV_PREFIX) or DEFAULT_PREFIX)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def open_store(args: argparse.Namespace, etcd: E.Etcd) -> Store:
     try:
-        return Store(etcd, args.project, args.prefix or os.environ.get(ENV_PREFIX)
-                     or DEFAULT_PREFIX)
+        return Store(etcd, args.project, prefix_of(args))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -212,19 +221,22 @@ def cmd_run(args, store: Store) -> int:
                       lease_ttl=args.lease_ttl, docker_url=args.docker)
 
 
+# Commands about no one project: handler(args, etcd, prefix).
+PROJECTLESS: dict = {}
 COMMANDS = {
     "setconfig": cmd_setconfig, "getconfig": cmd_getconfig, "update": cmd_update,
     "run": cmd_run, "stop": cmd_stop, "kill": cmd_kill,
 }
 for _group in COMMAND_GROUPS:
     COMMANDS.update(_group.COMMANDS)
+    PROJECTLESS.update(getattr(_group, "PROJECTLESS", {}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose > 1 else logging.INFO if (
-        args.verbose or args.command == "run") else logging.WARNING
+        args.verbose or args.command in ("run", "serve")) else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.verbose < 2:  # gRPC / docker chatter is noise unless debugging
@@ -233,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     etcd = None
     try:
         etcd = connect(args)
+        if args.command in PROJECTLESS:
+            return PROJECTLESS[args.command](args, etcd, prefix_of(args))
         store = open_store(args, etcd)
         return COMMANDS[args.command](args, store)
     except UsageError as exc:

@@ -1,0 +1,6 @@
+"""`gantryd serve`: the HTTP face of the fleet (docs/serve.md).
+
+app.py is the plumbing (routing, threads, auth, limits); each module beside it registers
+its routes: api.py (status, wait_for, update and rollback), hooks.py (registry and signed
+webhooks), page.py (the web page at `/`), metrics.py (`/metrics`). server.py listens.
+"""
