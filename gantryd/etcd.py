@@ -330,6 +330,13 @@ class Etcd:
             return [_kv(kv) for kv in response.kvs], response.header.revision
         return self._call(get)
 
+    def get_keys(self, prefix: str) -> list[str]:
+        """The keys under `prefix` (no values), sorted."""
+        def get(client):
+            response = client.get_prefix_response(prefix, sort_order="ascend", keys_only=True)
+            return [kv.key.decode() for kv in response.kvs]
+        return self._call(get)
+
     def revision(self) -> int:
         """The current store revision."""
         return self._call(lambda client: client.get_response("\0").header.revision)

@@ -35,3 +35,13 @@ def fleet(etcd, project, docker_client, test_images):
 def cluster_fleet(etcd_cluster, project, docker_client, test_images):
     """Simulated hosts on a fresh 3-member etcd cluster (every endpoint given to each)."""
     yield from _fleet(etcd_cluster.endpoints, project)
+
+
+@pytest.fixture
+def serve(etcd):
+    """A `gantryd serve` on the session etcd (token and webhook secret set)."""
+    from serve_helpers import Serve
+    s = Serve(etcd.endpoints)
+    yield s
+    s.close()
+    print(s.logs())
