@@ -13,9 +13,13 @@ from proxy.listeners import Listeners
 from proxy.route import Route
 from proxy.spec import DrainRequest, MaintenanceRequest, PauseRequest, RouteSpec, check_name, \
     empty_body
-from proxy.state import load_state, save_state
+from proxy.state import CorruptState, load_state, save_state, set_aside
 
 log = logging.getLogger("proxy.router")
+
+# After a corrupt state file, how long listeners of the lost routes stay held for gantry to
+# restore them (gantryd re-checks at once when it restarts its proxy).
+CORRUPT_GRACE = 120.0
 
 
 class Router:
@@ -35,7 +39,12 @@ class Router:
         in state `error` while the others work."""
         if self.state_path is None:
             return
-        for name, saved in load_state(self.state_path).items():
+        try:
+            saved_routes = load_state(self.state_path)
+        except CorruptState as e:
+            self._start_empty(e)
+            return
+        for name, saved in saved_routes.items():
             spec = saved.spec
             route = self.routes[name] = Route(name, spec, self.reactor, self.listeners)
             route.restore_gates(saved)
@@ -48,6 +57,16 @@ class Router:
         # A listener kept for an address no route uses (removed while no proxy ran) would
         # queue its clients forever.
         self.listeners.retain(r.listen for r in self.routes.values())
+
+    def _start_empty(self, problem: CorruptState) -> None:
+        """A corrupt state file: keep it aside, serve with no routes until gantry restores
+        them from the containers' labels. Listeners kept for the old routes stay held for a
+        while, so their clients wait in the backlog for the restored routes, not refused."""
+        aside = set_aside(self.state_path)  # StateError: the daemon cannot start
+        log.error("%s; kept it as %s and started with NO routes: gantry/gantryd restore them "
+                  "from the containers", problem, aside)
+        self.reactor.callLater(CORRUPT_GRACE, lambda: self.listeners.retain(
+            r.listen for r in self.routes.values()))
 
     def save(self) -> None:
         if self.state_path is not None:

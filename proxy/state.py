@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,11 @@ VERSION = 1
 
 
 class StateError(Exception):
-    """The state file exists but cannot be read; the daemon refuses to start over it."""
+    """The state file exists but cannot be read (nor set aside): the daemon does not start."""
+
+
+class CorruptState(StateError):
+    """The state file's content is not a route table (hand-edited, disk trouble)."""
 
 
 @dataclass(frozen=True)
@@ -60,21 +65,34 @@ class SavedRoute:
 
 
 def load_state(path: str) -> dict[str, SavedRoute]:
-    """Read the routes; a missing file is an empty table."""
+    """Read the routes; a missing file is an empty table; CorruptState for one that cannot
+    be read or is not a route table."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         return {}
     except OSError as e:
-        raise StateError(f"cannot read state file {path}: {e}") from e
+        raise CorruptState(f"cannot read state file {path}: {e}") from e
     try:
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("version") != VERSION:
-            raise StateError(f"state file {path}: expected version {VERSION}")
+            raise CorruptState(f"state file {path}: expected version {VERSION}")
         return {check_name(name): SavedRoute.from_json(entry)
                 for name, entry in data["routes"].items()}
-    except (ValueError, KeyError, AttributeError, RouteError) as e:
-        raise StateError(f"state file {path} is corrupt: {e}") from e
+    except (ValueError, KeyError, AttributeError, TypeError, RecursionError, RouteError) as e:
+        raise CorruptState(f"state file {path} is corrupt: {e}") from e
+
+
+def set_aside(path: str) -> str:
+    """Rename an unreadable state file to `<path>.corrupt-<UTC time>` (kept for inspection);
+    answers the new name. StateError if even that fails."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = f"{path}.corrupt-{stamp}"
+    try:
+        os.replace(path, aside)
+    except OSError as e:
+        raise StateError(f"state file {path} is unreadable and cannot be set aside: {e}") from e
+    return aside
 
 
 def save_state(path: str, routes: dict[str, SavedRoute]) -> None:

@@ -1,5 +1,5 @@
 """Restart safety and signals: kill -9 + restore, error state at restore, SIGTERM drain,
-ensure_running, refusing a corrupt state file or a second daemon."""
+ensure_running, a corrupt state file set aside, refusing a second daemon."""
 
 from __future__ import annotations
 
@@ -117,14 +117,32 @@ def test_ensure_running_starts_detached_daemon(tmp_path, echo):
         KeeperClient(keeper_socket_path(sock)).stop()
 
 
-def test_corrupt_state_filerefused(tmp_path):
-    state = tmp_path / "state.json"
+def test_corrupt_state_file_is_set_aside_and_clients_wait(make_proxy, echo, tmp_path):
+    """A corrupt state file does not keep the proxy down: it is kept aside, the proxy starts
+    with no routes, and a client of a lost route waits in the kept listener's backlog until
+    the route is set again (as gantry does from the containers), instead of being refused."""
+    proxy = make_proxy()
+    listen = f"127.0.0.1:{free_port()}"
+    proxy.client.set_route("lost", listen, echo.address)
+    assert _works(listen)
+    proxy.kill()
+    state = tmp_path / "state" / "proxy-state.json"
     state.write_text("{broken")
-    result = subprocess.run([sys.executable, "-m", "proxy", "run", "--socket",
-                             str(tmp_path / "p.sock"), "--state", str(state)],
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode == 1 and "corrupt" in result.stderr
-    assert state.read_text() == "{broken"  # never overwritten
+    restarted = make_proxy()
+    assert restarted.client.routes() == []
+    (aside,) = list(state.parent.glob("proxy-state.json.corrupt-*"))
+    assert aside.read_text() == "{broken"  # kept for inspection, never overwritten
+    assert "corrupt" in restarted.log() and "NO routes" in restarted.log()
+    waiting = connect(listen, timeout=30)  # queued in the backlog: not refused
+    try:
+        waiting.sendall(b"queued")
+        waiting.shutdown(socket.SHUT_WR)
+        restarted.client.set_route("lost", listen, echo.address)
+        assert recv_all(waiting) == b"queued"
+    finally:
+        waiting.close()
+    assert _works(listen)
+    assert json.loads(state.read_text())["routes"]["lost"]  # a sound file again
 
 
 def test_second_daemon_on_same_state_exits(proxy):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 
 import pytest
@@ -16,7 +18,8 @@ from proxy.errors import BadRequest, Conflict
 from proxy.forward import ClientSide
 from proxy.route import Route
 from proxy.spec import DrainRequest, PauseRequest, RouteSpec
-from proxy.state import SavedRoute, StateError, load_state, save_state
+from proxy.state import (CorruptState, SavedRoute, StateError, load_state, save_state,
+                         set_aside)
 
 
 @given(st.ip_addresses(), st.integers(1, 65535))
@@ -68,8 +71,12 @@ def test_state_round_trip_and_atomic_write(tmp_path):
     assert load_state(path) == specs
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["state.json"]  # no temp left
     (tmp_path / "d" / "state.json").write_text(json.dumps({"version": 1, "routes": {"x": {}}}))
-    with pytest.raises(StateError):
+    with pytest.raises(CorruptState):
         load_state(path)
+    aside = set_aside(path)
+    assert aside.startswith(path + ".corrupt-") and not os.path.exists(path)
+    with pytest.raises(StateError, match="cannot be set aside"):
+        set_aside(path)  # gone (or a rename refused): the daemon cannot start over it
 
 
 class FakeConn:

@@ -546,6 +546,52 @@ def kill9_proxy(run: Run) -> str:
     return "rolled out; proxy restarted"
 
 
+def corrupt_proxy_state(run: Run) -> str:
+    """A host's proxy state file turns to garbage and its proxy is killed -9 (so the restart
+    reads it). The proxy keeps the file aside and starts with no routes; its listeners stay
+    held, so clients wait in the backlog until gantryd restores the route from the
+    container's labels. Only the connections the killed process carried may fail."""
+    f = run.fleet
+    victim = "h2"
+    env = f.host_env(victim)
+    from proxy.client import ProxyClient, ProxyError
+    client = ProxyClient(env["GANTRY_PROXY_SOCKET"], timeout=2)
+    pid = client.ping()["pid"]
+    target = f.address(victim)
+    Path(env["GANTRY_PROXY_STATE"]).write_text("{not json")
+    ended = run.load.ended(target)
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    in_flight = run.load.in_flight_since(target, ended)
+
+    def restored() -> bool:
+        try:
+            return client.ping()["pid"] != pid and bool(client.routes())
+        except (ProxyError, OSError):
+            return False
+    try:
+        wait_for(restored, 30, "the proxy to be restarted with its route")
+    except AssertionError:
+        raise Miss(f"{victim}'s proxy did not come back with its route") from None
+    back = time.monotonic() - killed
+    aside = list(Path(env["GANTRY_PROXY_STATE"]).parent.glob("*.corrupt-*"))
+    if not aside:
+        raise Miss("the corrupt state file was not kept aside")
+    run.roll("v2")
+    run.wait_done()
+    run.expect_serving("v2")
+    failed, refused = run.load.stats[target].failed, run.load.refused
+    if refused:
+        raise Miss(f"{refused} connections refused")
+    if failed > in_flight:
+        raise Miss(f"{failed} requests failed through {victim}, more than the {in_flight} "
+                   "in flight at its proxy's kill -9")
+    run.excused = failed
+    run.note = (f"{failed} requests failed through {victim}'s proxy, of {in_flight} in flight "
+                f"at its kill -9; 0 refused; route restored {back:.1f} s after the kill")
+    return "state set aside; route restored; rolled out"
+
+
 def proxy_upgrade(run: Run) -> str:
     """`gantry-proxy upgrade` of every host's proxy under load, with a long request held
     through each; then a rollout through the new proxies. Nothing may fail."""
@@ -685,6 +731,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "rolled out; killed host recovered", kill9_gantryd),
     Scenario("kill9_proxy", "kill -9 of a proxy mid-rollout", "rolled out; proxy restarted",
              kill9_proxy),
+    Scenario("corrupt_proxy_state", "corrupt proxy state file, proxy killed -9",
+             "state set aside; route restored; rolled out", corrupt_proxy_state),
     Scenario("proxy_upgrade", "proxy upgrade under load", "upgraded; rolled out",
              proxy_upgrade),
     Scenario("etcd_member_down", "1 of 3 etcd members killed", "rolled out", etcd_member_down,
