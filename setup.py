@@ -9,6 +9,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["gantry", "gantry.*", "gantryd", "gantryd.*",
                                     "proxy", "proxy.*"]),
+    # The web page's template, style and script (gantryd/serve/page.py).
+    package_data={"gantryd.serve": ["page/*.html", "page/*.css", "page/*.js"]},
     # Classic command lines (`gantryd.py update ...`); see scripts/aliases/gantry.py.
     scripts=["scripts/aliases/gantry.py", "scripts/aliases/gantryd.py"],
     install_requires=[
@@ -22,6 +24,8 @@ setup(
         "pyyaml>=6.0",
         "tabulate>=0.9",
         "prometheus-client>=0.17",
+        # gantry watch: file events (a thin ctypes wrapper of Linux inotify; polling without).
+        "inotify_simple>=1.3",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2.1", "requests>=2.28",

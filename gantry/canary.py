@@ -60,8 +60,8 @@ class Canary:
 
     def start(self, component: Any, percent: int, image: str | None = None) -> Deployment:
         """Split new connections: ``percent`` to a new container of ``image`` (default:
-        ``repo:tag`` resolved), the rest to the live one. UpdateFailed leaves things as
-        they were (a previous canary included)."""
+        ``repo:tag`` resolved, or the component's build), the rest to the live one.
+        UpdateFailed leaves things as they were (a previous canary included)."""
         check_percent(percent)
         life, name = self.life, component.name
         with life.lock(component):
@@ -75,7 +75,7 @@ class Canary:
             if not component.ports:
                 raise UpdateFailed(f"{name}: no ports, so no traffic to split")
             previous = view.canary()
-            ref = image or life._wrap(lambda: life.resolve(component), component)
+            ref = image or life._image(component)  # built (`build`) or resolved
             if previous is not None and previous.labels.image == ref \
                     and previous.labels.config_hash == component.spec_hash():
                 life._switch_routes(component, *_split(stable, previous, percent))

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import http.client
 import socket
+import threading
 import time
 from typing import Any, Sequence
 
-from .errors import CheckFailed, ContainerExited
+from .errors import Cancelled, CheckFailed, ContainerExited
 from .progress import Reporter
 from .runtime import ContainerInfo, Runtime
 
@@ -124,10 +125,12 @@ def wait_for_checks(
     timeout: float,
     reporter: Reporter,
     what: str = "ready",
+    cancel: threading.Event | None = None,
 ) -> None:
     """Wait until every check passes, in order, within ``timeout`` seconds overall.
 
-    With no checks, only verifies that the container is (still) running.
+    With no checks, only verifies that the container is (still) running. ``cancel`` set
+    between probes: Cancelled.
     """
     deadline = time.monotonic() + timeout
     _alive(runtime, container_id, what)
@@ -150,7 +153,10 @@ def wait_for_checks(
                 if now - last_report >= REPORT_EVERY:
                     reporter.waiting(f"waiting for {what} check {name} ({exc})")
                     last_report = now
-            time.sleep(float(check.interval))
+            if cancel is None:
+                time.sleep(float(check.interval))
+            elif cancel.wait(float(check.interval)):
+                raise Cancelled(f"cancelled during the {what} checks of {container_id[:12]}")
     _alive(runtime, container_id, what)
 
 

@@ -12,16 +12,17 @@ import re
 import signal
 import socket
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
 from tabulate import tabulate
 
+from . import hangup
 from .commands import canary as canary_commands
 from .commands import logs as logs_commands
 from .commands import rollback as rollback_commands
 from .commands import traffic as traffic_commands
+from .commands import watch as watch_commands
 from .config import ConfigError, load_config
 from .errors import GantryError, RouteError
 from .lifecycle import ContainerStatus, Host, Lifecycle
@@ -34,7 +35,8 @@ PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 DEFAULT_CONFIG = ".gantry"
 
 # Command groups kept in modules of their own (see gantry/commands/__init__.py).
-COMMAND_GROUPS = (traffic_commands, canary_commands, rollback_commands, logs_commands)
+COMMAND_GROUPS = (traffic_commands, canary_commands, rollback_commands, logs_commands,
+                  watch_commands)
 # Read-only commands: they neither take locks nor start the proxy.
 READ_ONLY = ("list", "logs")
 
@@ -104,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Resolve the image (repo:tag -> digest; pull if needed), start a new container "
             "beside the running one, wait for its ready checks, switch the proxy routes to "
             "it, then drain, stop and remove the old one. On failure the new container is "
-            "removed and the old one keeps serving.")
+            "removed and the old one keeps serving. A component with `build` is built from "
+            "its context instead (tagged by content): an unchanged context builds and "
+            "redeploys nothing.")
     p.add_argument("component")
     p.add_argument("-m", "--monitor", action="store_true",
                    help="after the update, keep monitoring (see `gantry monitor`)")
@@ -128,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("monitor", "health-check a component and replace it when it fails",
             "Run the health checks (or the ready checks if none) of the live container; after "
             "healthFailures consecutive failures replace it through the update lifecycle "
-            "(same image). Ctrl-C ends it. Ends by itself when the component is stopped.")
+            "(same image). Ctrl-C ends it. Ends by itself when the component is stopped. "
+            "SIGHUP redeploys: the config is read again, the image rebuilt (`build`) or its "
+            "tag resolved again, and the component updated; a SIGHUP before that update "
+            "switched gives it up and starts over with the newest input.")
     p.add_argument("component")
     for group in COMMAND_GROUPS:
         group.register(add)
@@ -192,6 +199,9 @@ def print_status(groups: dict[str, list[ContainerStatus]], as_json: bool) -> Non
 
 
 def run(args: argparse.Namespace) -> int:
+    for group in COMMAND_GROUPS:  # commands of their own making (no single config/project)
+        if args.command in getattr(group, "STANDALONE", {}):
+            return group.STANDALONE[args.command](args)
     config_path = Path(args.config)
     config = load_config(config_path)  # ConfigError: exit 2 before touching anything
     component = config.component(args.component) if args.component else None
@@ -217,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
         print_status(groups, args.json)
         return 0
     assert component is not None
+    monitoring = args.command == "monitor" or getattr(args, "monitor", False)
+    hangups = hangup.Hangups().install() if monitoring else None  # SIGHUP: redeploy
     if args.command in ("update", "start"):
         (life.update if args.command == "update" else life.start)(component)
         if not getattr(args, "monitor", False):
@@ -224,8 +236,10 @@ def run(args: argparse.Namespace) -> int:
     if args.command in ("stop", "kill"):
         life.stop(component, kill=args.command == "kill")
         return 0
+    assert hangups is not None
     try:
-        life.monitor(component, threading.Event())
+        hangup.monitor(life, component, lambda: load_config(config_path).component(
+            component.name), hangups)
     except KeyboardInterrupt:
         print("monitor stopped")
     return 0

@@ -23,6 +23,15 @@ class ImageError(GantryError):
     """The image cannot be resolved to a digest or pulled."""
 
 
+class BuildFailed(ImageError):
+    """The image could not be built from its context (the message is the builder's error)."""
+
+
+class Cancelled(Exception):
+    """An update was given up before its switch because a newer one was asked for (SIGHUP).
+    Not a GantryError: nothing failed, and the caller starts over."""
+
+
 class CheckFailed(GantryError):
     """Ready/health/termination checks did not pass before their deadline."""
 

@@ -5,8 +5,10 @@ Containers are found by these labels only, never by image or name; nothing witho
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 PREFIX = "io.gantry."
 PROJECT = PREFIX + "project"
@@ -20,8 +22,17 @@ CANARY = PREFIX + "canary"
 # The images this component ran on this host and which of them gantry pulled
 # (gantry/retention.py); each new container carries the record forward.
 IMAGES = PREFIX + "images"
+# The digest of the whole component config a container was made for (spec_digest), and the
+# spec file `gantry watch` read it from (gantry/watch.py: what it may stop when the file goes).
+SPEC = PREFIX + "spec"
+SOURCE = PREFIX + "source"
+# A salted digest of the valueFrom values the container was given (gantry/secret_env.py):
+# tells a changed secret on this host without holding the value.
+SECRETS = PREFIX + "secrets"
 
-ORIGINS = ("gantry", "gantryd")
+ORIGINS = ("gantry", "gantryd", "watch")
+# Settings of the fleet alone: changing one changes nothing on a host (not in spec_digest).
+FLEET_ONLY = ("rollout", "autoUpdate")
 
 
 @dataclass(frozen=True)
@@ -36,11 +47,16 @@ class GantryLabels:
     origin: str
     canary: str = ""  # set only on a canary container: the percentage it was made for
     images: str = ""  # the retention record (gantry/retention.py), JSON
+    spec: str = ""  # spec_digest of the component
+    source: str = ""  # the spec file of a component of `gantry watch`
+    secrets: str = ""  # secret_env digest of the valueFrom values; "" when there are none
 
     def to_dict(self) -> dict[str, str]:
         extra = {CANARY: self.canary} if self.canary else {}
-        if self.images:
-            extra[IMAGES] = self.images
+        for key, value in ((IMAGES, self.images), (SPEC, self.spec), (SOURCE, self.source),
+                           (SECRETS, self.secrets)):
+            if value:
+                extra[key] = value
         return {
             PROJECT: self.project,
             COMPONENT: self.component,
@@ -62,7 +78,18 @@ class GantryLabels:
             origin=labels.get(ORIGIN, ""),
             canary=labels.get(CANARY, ""),
             images=labels.get(IMAGES, ""),
+            spec=labels.get(SPEC, ""),
+            source=labels.get(SOURCE, ""),
+            secrets=labels.get(SECRETS, ""),
         )
+
+
+def spec_digest(component: Any) -> str:
+    """16 hex digits of everything a host does with the component (image tag, checks and
+    timeouts included; fleet-only settings aside): another digest means another container."""
+    data = {k: v for k, v in component.to_dict().items() if k not in FLEET_ONLY}
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 def selector(project: str, machine: str, component: str | None = None) -> list[str]:

@@ -53,12 +53,12 @@ import docker
 from . import checks as C
 from . import health as H
 from . import labels as L
-from . import retention
+from . import build, retention, secret_env
 from .bake import Bake
-from .errors import CheckFailed, GantryError, ImageError, RouteError, UpdateFailed
+from .errors import Cancelled, CheckFailed, GantryError, ImageError, RouteError, UpdateFailed
 from .lock import ComponentLock
 from .progress import Reporter
-from .runtime import ContainerInfo, Runtime
+from .runtime import ContainerInfo, Runtime, registry_refused
 from .traffic import describe as describe_traffic
 
 log = logging.getLogger(__name__)
@@ -161,10 +161,10 @@ def _parse_time(text: str) -> datetime | None:
 class Host:
     """Everything the lifecycle acts on, on one machine.
 
-    ``proxy_client``: a ``proxy.client.ProxyClient``. ``origin``: ``gantry`` or ``gantryd``
-    (label of created containers). ``backend_mode``: see :mod:`gantry.runtime`.
+    ``proxy_client``: a ``proxy.client.ProxyClient``. ``origin``: ``gantry``, ``gantryd`` or
+    ``watch`` (label of created containers). ``backend_mode``: see :mod:`gantry.runtime`.
     ``lock_wait``: True waits for a busy component, False raises LockBusy, a number waits at
-    most that long.
+    most that long. ``source``: the spec file of the project (``gantry watch``), as a label.
     """
 
     def __init__(
@@ -179,6 +179,7 @@ class Host:
         backend_mode: str = "loopback",
         lock_dir: Path | None = None,
         lock_wait: bool | float = True,
+        source: str = "",
     ) -> None:
         if origin not in L.ORIGINS:
             raise ValueError(f"origin must be one of {L.ORIGINS}")
@@ -191,6 +192,7 @@ class Host:
         self.reporter = reporter or Reporter()
         self.lock_dir = lock_dir
         self.lock_wait = lock_wait
+        self.source = source
 
     def route_name(self, component: str, external: int) -> str:
         return f"{self.project}.{component}.{external}"
@@ -350,33 +352,62 @@ class Lifecycle:
         )
 
     # -- update / start -------------------------------------------------------------------
-    def update(self, component: Any, image: str | None = None) -> Deployment:
+    def update(self, component: Any, image: str | None = None,
+               cancel: threading.Event | None = None) -> Deployment:
         """Roll out a new container of ``component`` (start-first, checked, drained).
 
         ``image``: a digest-pinned reference to run instead of resolving ``repo:tag``.
+        A component with ``build`` is built instead (:mod:`gantry.build`); as its image is
+        named by content, an unchanged context then redeploys nothing (like :meth:`start`).
+        ``cancel``: once set, the update is given up at its next step before the switch (the
+        new container goes; Cancelled rises); after the switch it runs to the end.
         Raises UpdateFailed with the previous container still serving.
         """
         with self.lock(component):
             self._recover(component)
-            return self._deploy(component, image)
+            if image is None and component.build is not None:
+                return self._start(component, None, cancel)
+            return self._deploy(component, image, cancel)
 
     def start(self, component: Any, image: str | None = None) -> Deployment:
         """Like update, but a no-op when the live container already runs the same image and
         config hash (its routes are repaired if needed)."""
         with self.lock(component):
             self._recover(component)
-            started = time.monotonic()
-            current = self.current(component)
-            if current is not None:
-                ref = image or self._wrap(lambda: self.resolve(component), component)
-                if current.image == ref and current.config_hash == component.spec_hash():
-                    self._ensure_routes(component, current.id)
-                    self.reporter.step(f"{component.name}: {current.short_id} already runs "
-                                       f"{ref}; nothing to do")
-                    return Deployment(component.name, current, ref, changed=False,
-                                      elapsed=time.monotonic() - started)
-                image = ref
-            return self._deploy(component, image)
+            return self._start(component, image)
+
+    def _start(self, component: Any, image: str | None,
+               cancel: threading.Event | None = None) -> Deployment:
+        started = time.monotonic()
+        current = self.current(component)
+        if current is not None or component.build is not None:
+            image = image or self._image(component, cancel)
+        if current is not None and self._runs(current, image, component):
+            self._ensure_routes(component, current.id)
+            self.reporter.step(f"{component.name}: {current.short_id} already runs "
+                               f"{image}; nothing to do")
+            return Deployment(component.name, current, image, changed=False,
+                              elapsed=time.monotonic() - started)
+        return self._deploy(component, image, cancel)
+
+    def _image(self, component: Any, cancel: threading.Event | None = None) -> str:
+        """The image to roll out: the build of the context, or ``repo:tag`` resolved."""
+        if component.build is not None:
+            return self._wrap(lambda: build.image(self, component, cancel), component)
+        return self._wrap(lambda: self.resolve(component), component)
+
+    def _runs(self, current: ContainerStatus, ref: str, component: Any) -> bool:
+        """Does ``current`` run ``ref`` with the component's config? The image ids must match
+        too: a tag (a build's) may have been moved since."""
+        if current.image != ref or current.config_hash != component.spec_hash():
+            return False
+        info, image_id = self.runtime.inspect(current.id), self.runtime.image_id(ref)
+        if info is not None and secret_env.changed(component, info.labels.secrets,
+                                                   self.host.origin):
+            self.reporter.step(f"{component.name}: a valueFrom value changed on this host "
+                               "(or cannot be read)")
+            return False
+        return info is None or image_id is None or info.image_id == image_id
 
     def _wrap(self, fn: Any, component: Any) -> Any:
         try:
@@ -390,7 +421,9 @@ class Lifecycle:
         except GantryError:  # Docker or the proxy is gone too: say nothing we cannot check
             current = None
         keep = (f"; {current.short_id} keeps serving" if current else "")
-        err = UpdateFailed(f"{component.name}: {cause}{keep}")
+        # A container's last output or a Docker error may quote its environment.
+        err = UpdateFailed(secret_env.redact(f"{component.name}: {cause}{keep}", component,
+                                             self.host.origin))
         err.cause = cause  # type: ignore[attr-defined]
         return err
 
@@ -405,7 +438,9 @@ class Lifecycle:
             return self.runtime.resolve(component.repo, component.tag)
         except ImageError as registry_error:
             local = self._local_ref(component) if allow_local else None
-            if local is None or "not found" in str(registry_error).lower():
+            # The registry answered (no such tag, or not for us): not a reason to fall back.
+            if local is None or "not found" in str(registry_error).lower() \
+                    or registry_refused(str(registry_error)):
                 raise
             self.reporter.warning(f"{registry_error}; using the local image {local}")
             return local
@@ -421,12 +456,14 @@ class Lifecycle:
                 return digest_ref
         return image.id
 
-    def _deploy(self, component: Any, image: str | None) -> Deployment:
+    def _deploy(self, component: Any, image: str | None,
+                cancel: threading.Event | None = None) -> Deployment:
         started = time.monotonic()
         ref = self._pull(component, image)
         bake = Bake.begin(self, component)  # what to go back to (None: no bake)
         info = self._start_new(component, ref, lambda new: self._switch_routes(component,
-                                                                               (new, 1)))
+                                                                               (new, 1)),
+                               cancel=cancel)
         if bake is not None:
             bake.hold(info)  # UpdateFailed: routes back on the old container, the new gone
         replaced = self._retire_others(component, keep=info.id)
@@ -441,9 +478,10 @@ class Lifecycle:
     def _pull(self, component: Any, image: str | None) -> str:
         """Resolve ``repo:tag`` (unless ``image`` is given) and pull; answers the pinned ref."""
         rep, name = self.reporter, component.name
-        rep.step(f"{name}: update starts" + (f" to {image}" if image else
-                                                f", resolving {component.image}"))
-        ref = image or self._wrap(lambda: self.resolve(component), component)
+        rep.step(f"{name}: update starts" + (
+            f" to {image}" if image else ", building" if component.build is not None
+            else f", resolving {component.image}"))
+        ref = image or self._image(component)
         try:
             pulled = self._wrap(lambda: self.runtime.ensure_image(
                 ref, lambda event: rep.pull_progress(name, ref, event)), component)
@@ -456,27 +494,29 @@ class Lifecycle:
         return ref
 
     def _start_new(self, component: Any, ref: str, route: Callable[[ContainerInfo], None],
-                   canary: str = "") -> ContainerInfo:
+                   canary: str = "", cancel: threading.Event | None = None) -> ContainerInfo:
         """Start a new container of ``ref`` beside the live one, wait for its ready checks,
         then ``route(info)`` puts it in the proxy and (unless a canary) the restart policy.
 
         On any failure the new container goes, the routes stay as they were and (for a
-        GantryError) UpdateFailed rises. ``canary``: the io.gantry.canary label.
+        GantryError) UpdateFailed rises. ``canary``: the io.gantry.canary label. ``cancel``
+        set before ``route``: the same, and Cancelled rises.
         """
         rep, rt, name = self.reporter, self.runtime, component.name
         new_id: str | None = None
         try:
+            _go_on(cancel, name)
             new_id = self._create(component, ref, canary)
             rep.step(f"{name}: started {new_id[:12]}; waiting for ready checks "
                      f"(up to {component.ready_timeout:g}s)")
-            C.wait_for_checks(component.ready_checks, rt, new_id, component.ready_timeout, rep)
+            C.wait_for_checks(component.ready_checks, rt, new_id, component.ready_timeout, rep,
+                              cancel=cancel)
             rep.step(f"{name}: {new_id[:12]} is ready")
             info = rt.inspect(new_id)
             if info is None:
                 raise CheckFailed(f"container {new_id[:12]} disappeared")
+            _go_on(cancel, name)  # the last point an update can be given up at
             route(info)
-            if not canary:  # a canary gets it when promoted: an engine restart ends a canary
-                self._keep_up(info.id)
         except BaseException as exc:
             # Whatever happened (check failure, Docker error, Ctrl-C), the new container goes
             # and the old one, still routed, keeps serving.
@@ -485,14 +525,20 @@ class Lifecycle:
             if isinstance(exc, GantryError):
                 raise self._failed(component, exc) from exc
             raise
+        # Routed now: an interrupt from here on leaves it live (never removed while it serves).
+        if not canary:  # a canary gets it when promoted: an engine restart ends a canary
+            self._keep_up(info.id)
         return info
 
     def _create(self, component: Any, ref: str, canary: str = "") -> str:
         rt = self.runtime
+        # Read here, on this host, at creation: a missing secret fails before any container.
+        env = secret_env.resolve(component, self.host.origin)
         labels = L.GantryLabels(
             project=self.host.project, component=component.name, machine=self.host.machine,
             config_hash=component.spec_hash(), image=ref, origin=self.host.origin,
             canary=canary, images=retention.label_for(self, component, ref),
+            spec=L.spec_digest(component), source=self.host.source, secrets=env.label(),
         ).to_dict()
         cname = f"{self.host.project}.{component.name}.{secrets.token_hex(4)}"
         try:
@@ -500,7 +546,7 @@ class Lifecycle:
                 cname, ref, labels,
                 command=component.command,
                 user=component.user,
-                environment=component.env_dict(),
+                environment=env.env,
                 binds={b.host: {"bind": b.container, "mode": "ro" if b.read_only else "rw"}
                        for b in component.bindings},
                 volumes_from=component.volumes_from,
@@ -813,6 +859,11 @@ class Lifecycle:
                     rep.warning(f"replacement failed: {exc}")
                 streak.reset()
             stop.wait(interval)
+
+
+def _go_on(cancel: threading.Event | None, name: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"{name}: cancelled before the switch")
 
 
 def active_backends(route: dict) -> list[tuple[str, int]]:

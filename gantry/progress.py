@@ -13,14 +13,17 @@ Methods (all optional to override):
 * ``warning(message)`` -- something went wrong but the operation carries on.
 * ``pull_progress(component, ref, event)`` -- one event of Docker's pull stream (a dict);
   ``event`` None: the pull ended (done or failed).
+* ``build_progress(component, summary, started)`` -- a build went on (:mod:`gantry.buildprogress`);
+  ``started``: the steps it began; ``summary`` None: the build ended.
 """
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from typing import Any, Mapping, TextIO
+from typing import Any, Mapping, Sequence, TextIO
 
+from .buildprogress import BuildSummary
 from .liveline import LiveLine, is_terminal
 from .pullprogress import PullSummary
 from .runtime import short_ref
@@ -53,6 +56,11 @@ class Reporter:
     def pull_progress(self, component: str, ref: str,
                       event: Mapping[str, Any] | None) -> None:
         pass  # per-layer events are too many for a log; the steps say pulling/pulled
+
+    def build_progress(self, component: str, summary: BuildSummary | None,
+                       started: Sequence[str] = ()) -> None:
+        for step in started:
+            log.debug("%s: build step %s", component, step)
 
 
 class NullReporter(Reporter):
@@ -134,3 +142,13 @@ class ConsoleReporter(Reporter):
         counts = summary.line()
         self._live.show(f"[{self.elapsed():6.1f}s] {component}: pulling "
                         + (f"{counts}  {short_ref(ref)}" if counts else short_ref(ref)))
+
+    def build_progress(self, component: str, summary: BuildSummary | None,
+                       started: Sequence[str] = ()) -> None:
+        if self._live is None:  # plain output: one line per build step
+            for step in started:
+                self._line(f"{component}: build step {step}")
+        elif summary is None:
+            self._live.clear()
+        elif summary.line():
+            self._live.show(f"[{self.elapsed():6.1f}s] {component}: building {summary.line()}")

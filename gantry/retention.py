@@ -14,6 +14,9 @@ it kept stay).
 Removal is ``docker rmi`` of the digest reference without force: the engine refuses an image
 any container uses (kept, tried again after the next update), and an image that carries
 other references (a tag someone set) only loses that reference.
+
+Images built on the host (gantry/build.py) are gantry's own and count as pulled; a build that
+no container ran (its update failed) is removed at the next switch.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import build
 from .errors import GantryError
 
 
@@ -89,14 +93,26 @@ def prune(life: Any, component: Any) -> list[str]:
     removed = []
     try:
         record = _live_record(life, component.name)
-        for ref in record.removable(component.retain_images):
+        old = f"not among the last {component.retain_images} retained"
+        doomed = [(ref, old) for ref in record.removable(component.retain_images)]
+        doomed += [(ref, "a build no container ran") for ref in _stray_builds(life, component,
+                                                                              record)]
+        for ref, why in doomed:
             if life.runtime.has_image(ref) and life.runtime.remove_image(ref):
                 removed.append(ref)
-                life.reporter.step(f"{component.name}: removed image {ref} (not among the "
-                                   f"last {component.retain_images} retained)")
+                life.reporter.step(f"{component.name}: removed image {ref} ({why})")
     except GantryError as exc:
         life.reporter.warning(f"{component.name}: image retention: {exc}")
     return removed
+
+
+def _stray_builds(life: Any, component: Any, record: Record) -> list[str]:
+    """Images built for the component (gantry/build.py) that it never ran: their update
+    failed. Its build repository is gantry's own, so they are gantry's to remove."""
+    if component.build is None:
+        return []
+    repo = build.local_repo(life.host.project, component.name)
+    return [ref for ref in life.runtime.tags(repo) if ref not in record.ran]
 
 
 def retained(life: Any, component: str) -> tuple[str, ...]:

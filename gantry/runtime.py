@@ -3,7 +3,9 @@
 :class:`Runtime` wraps a ``docker.DockerClient`` and turns every Docker failure into a
 one-line :class:`~gantry.errors.GantryError` (``DockerUnavailable`` when the engine cannot be
 reached at all). Registry credentials come from the user's Docker config, as with the docker
-CLI (the SDK reads ``~/.docker/config.json`` and credential helpers).
+CLI (the SDK reads ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``, and
+credential helpers), read again for every pull and digest lookup, so a ``docker login`` made
+while a daemon runs counts at once.
 
 Backends. A component port is reached through an *address* of its container:
 
@@ -26,12 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import docker
+import docker.auth
 import docker.errors
 from docker.utils import parse_repository_tag
 import requests.exceptions
 
 from . import labels as L
-from .errors import DockerFailed, DockerUnavailable, GantryError, ImageError
+from .errors import BuildFailed, DockerFailed, DockerUnavailable, GantryError, ImageError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class ContainerInfo:
     ports: dict[int, int] = field(default_factory=dict)  # container tcp port -> loopback port
     ip: str | None = None
     restart_policy: str = ""  # HostConfig.RestartPolicy.Name ("" or "no": none)
+    image_id: str = ""  # the id of the image it was created from
 
     @property
     def running(self) -> bool:
@@ -95,6 +99,7 @@ class ContainerInfo:
             ip=ip,
             restart_policy=((attrs.get("HostConfig") or {}).get("RestartPolicy") or {})
             .get("Name") or "",
+            image_id=attrs.get("Image") or "",
         )
 
 
@@ -118,6 +123,28 @@ def docker_errors(what: str) -> Iterator[None]:
         raise DockerUnavailable(f"{what}: cannot reach the Docker engine ({exc})") from exc
     except docker.errors.DockerException as exc:
         raise DockerUnavailable(f"{what}: {exc}") from exc
+
+
+# The engine's words when a registry wants credentials we lack, or refuses the ones we sent.
+_NO_CREDENTIALS = ("no basic auth credentials",)
+_REFUSED = ("unauthorized", "authentication required", "denied: requested access")
+
+
+def registry_refused(message: str) -> bool:
+    """Did the registry answer, refusing our credentials (or their absence)?"""
+    text = message.lower()
+    return any(needle in text for needle in _NO_CREDENTIALS + _REFUSED)
+
+
+def _with_login_hint(ref: str, message: str) -> str:
+    """``message``, naming the registry to `docker login` to when it refused us."""
+    if not registry_refused(message):
+        return message
+    registry = docker.auth.resolve_repository_name(parse_repository_tag(ref)[0])[0]
+    if any(needle in message.lower() for needle in _NO_CREDENTIALS):
+        return (f"{message} (no credentials for {registry} in the Docker config: "
+                f"docker login {registry})")
+    return f"{message} (the Docker config's credentials for {registry} were refused)"
 
 
 def connect(base_url: str | None = None, timeout: float | None = 60) -> docker.DockerClient:
@@ -152,8 +179,8 @@ class Runtime:
             raise ValueError(f"backend_mode must be one of {BACKEND_MODES}, not {backend_mode!r}")
         self.client = client
         self.backend_mode = backend_mode
-        # Images this process pulled: a container created from one records it (its label
-        # io.gantry.images), so image retention removes only what gantry pulled.
+        # Images this process pulled (or built): a container created from one records it (its
+        # label io.gantry.images), so image retention removes only what gantry pulled.
         self.pulled: set[str] = set()
 
     # -- images ---------------------------------------------------------------------------
@@ -162,10 +189,16 @@ class Runtime:
         ref = f"{repo}:{tag}"
         try:
             with docker_errors(f"resolving {ref}"):
+                self._reload_credentials()
                 data = self.client.images.get_registry_data(ref)
         except DockerFailed as exc:
-            raise ImageError(f"cannot resolve image {ref}: {str(exc).split(': ', 1)[-1]}") from exc
+            cause = _with_login_hint(ref, str(exc).split(': ', 1)[-1])
+            raise ImageError(f"cannot resolve image {ref}: {cause}") from exc
         return f"{repo}@{data.id}"
+
+    def _reload_credentials(self) -> None:
+        """Read the Docker config again, as the docker CLI does for each command."""
+        self.client.api.reload_config()
 
     def has_image(self, ref: str) -> bool:
         with docker_errors(f"looking up image {ref}"):
@@ -181,23 +214,64 @@ class Runtime:
         repo, tag = parse_repository_tag(ref)
         try:
             with docker_errors(f"pulling {ref}"):
+                self._reload_credentials()
                 for event in self.client.api.pull(repo, tag=tag or "latest", stream=True,
                                                   decode=True):
                     if isinstance(event, dict) and event.get("error"):
-                        raise ImageError(f"cannot pull {ref}: {event['error'].strip()}")
+                        cause = _with_login_hint(ref, event["error"].strip())
+                        raise ImageError(f"cannot pull {ref}: {cause}")
                     if on_event is not None and isinstance(event, dict):
                         on_event(event)
         except DockerFailed as exc:
-            raise ImageError(f"cannot pull {ref}: {str(exc).split(': ', 1)[-1]}") from exc
+            cause = _with_login_hint(ref, str(exc).split(': ', 1)[-1])
+            raise ImageError(f"cannot pull {ref}: {cause}") from exc
         if not self.has_image(ref):
             raise ImageError(f"cannot pull {ref}: the engine reported no error but has no image")
         self.pulled.add(ref)
+
+    def tags(self, repo: str) -> list[str]:
+        """The local ``repo:tag`` references of ``repo``."""
+        with docker_errors(f"listing the images of {repo}"):
+            images = self.client.api.images(name=repo)
+        return sorted(t for image in images for t in image.get("RepoTags") or ()
+                      if t.rpartition(":")[0] == repo)
+
+    def image_id(self, ref: str) -> str | None:
+        """The id of the local image ``ref``; None when there is none."""
+        with docker_errors(f"looking up image {ref}"):
+            try:
+                return self.client.api.inspect_image(ref)["Id"]
+            except docker.errors.ImageNotFound:
+                return None
+
+    def build(self, context: str, tag: str, *, dockerfile: str = "Dockerfile",
+              args: dict[str, str] | None = None, target: str | None = None,
+              on_event: Callable[[dict], None] | None = None) -> str:
+        """``docker build`` of the directory ``context`` (its .dockerignore applies), tagged
+        ``tag``; answers the image id. ``on_event``: every event of the builder's stream.
+        BuildFailed carries the builder's own error."""
+        try:
+            with docker_errors(f"building {tag}"):
+                for event in self.client.api.build(
+                        path=context, tag=tag, dockerfile=dockerfile, buildargs=args or None,
+                        target=target, rm=True, forcerm=True, decode=True):
+                    if isinstance(event, dict) and event.get("error"):
+                        raise BuildFailed(str(event["error"]).strip())
+                    if on_event is not None and isinstance(event, dict):
+                        on_event(event)
+        except DockerFailed as exc:  # refused before building (a Dockerfile it cannot parse)
+            raise BuildFailed(str(exc).split(": ", 1)[-1]) from exc
+        image_id = self.image_id(tag)
+        if image_id is None:
+            raise BuildFailed("the builder reported no error but the image is not there")
+        return image_id
 
     def registry_has(self, ref: str) -> bool:
         """Can the registry serve ``ref`` (``repo@sha256:...``)? False when it says no or
         cannot be asked."""
         try:
             with docker_errors(f"asking the registry for {ref}"):
+                self._reload_credentials()
                 self.client.images.get_registry_data(ref)
             return True
         except GantryError:

@@ -21,6 +21,7 @@ from gantry.config import ConfigError, load_config
 from . import etcd as E
 from . import deploy, history, revisions
 from .commands import canary as canary_commands
+from .commands import endpoints as endpoints_commands
 from .commands import events as events_commands
 from .commands import follow as follow_commands
 from .commands import freeze as freeze_commands
@@ -28,6 +29,7 @@ from .commands import history as history_commands
 from .commands import listing as listing_commands
 from .commands import serve as serve_commands
 from .commands import traffic as traffic_commands
+from .endpoints import advertise_address
 from .keys import DEFAULT_PREFIX, check_segment, normalize_prefix
 from .store import Desired, Store, StoreError, now_iso
 
@@ -40,7 +42,8 @@ DEFAULT_ETCD = "127.0.0.1:2379"
 
 # Command groups kept in modules of their own (see gantryd/commands/__init__.py).
 COMMAND_GROUPS = (traffic_commands, canary_commands, history_commands, freeze_commands,
-                  follow_commands, listing_commands, events_commands, serve_commands)
+                  follow_commands, listing_commands, events_commands, serve_commands,
+                  endpoints_commands)
 
 
 class UsageError(Exception):
@@ -66,7 +69,10 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     g.add_argument("--key", default=d(None), help="client key file (TLS)")
     g.add_argument("--user", default=d(None), help="etcd user")
     g.add_argument("--password", default=d(None),
-                   help=f"etcd password (better: env {ENV_PASSWORD})")
+                   help="etcd password (shows in `ps`: prefer --password-file or env "
+                   f"{ENV_PASSWORD})")
+    g.add_argument("--password-file", default=d(None), metavar="FILE",
+                   help="file holding the etcd password (its first line)")
     g.add_argument("--etcd-timeout", type=float, default=d(3.0), help="per request, seconds")
     parser.add_argument("-v", "--verbose", action="count", default=d(0))
 
@@ -104,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy-bind", default=None,
                    help="address the proxy listens on for component ports (e.g. 127.0.0.2)")
     p.add_argument("--proxy-state", default=None, help="proxy state file (started if needed)")
+    p.add_argument("--advertise", default=None, metavar="ADDR",
+                   help="address published with this host's endpoints, for load balancers "
+                        "(default: --proxy-bind unless a wildcard, else the host's primary "
+                        "address)")
     p.add_argument("--lease-ttl", type=int, default=15, help="lease TTL, seconds (default 15)")
     p.add_argument("--docker", default=None, help="Docker engine URL (default: environment)")
     p = command("stop", "drain and stop the components on every host")
@@ -118,13 +128,36 @@ def build_parser() -> argparse.ArgumentParser:
 def connect(args: argparse.Namespace) -> E.Etcd:
     endpoints = E.parse_endpoints(args.etcd or os.environ.get(ENV_ETCD) or DEFAULT_ETCD)
     creds = E.Credentials(ca_cert=args.ca_cert, cert_key=args.key, cert_cert=args.cert,
-                          user=args.user,
-                          password=args.password or os.environ.get(ENV_PASSWORD))
+                          user=args.user, password=_password(args))
     if (creds.cert_key is None) != (creds.cert_cert is None):
         raise UsageError("--cert and --key go together")
+    for flag, path in (("--ca-cert", creds.ca_cert), ("--cert", creds.cert_cert),
+                       ("--key", creds.cert_key)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise UsageError(f"{flag} {path}: no such readable file")
     if creds.user and not creds.password:
-        raise UsageError(f"--user needs a password (--password or env {ENV_PASSWORD})")
-    return E.Etcd(endpoints, creds, timeout=args.etcd_timeout)
+        raise UsageError(f"--user needs a password (--password-file or env {ENV_PASSWORD})")
+    # A key under the prefix: a user may have rights on nothing else.
+    return E.Etcd(endpoints, creds, timeout=args.etcd_timeout,
+                  revision_key=prefix_of(args).rstrip("/") + "/")
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    """--password, else --password-file's first line, else the environment's (taken out of
+    it, so processes we start, such as gantry-proxy, do not inherit it)."""
+    from_env = os.environ.pop(ENV_PASSWORD, None)
+    if args.password:
+        print(f"gantryd: warning: --password shows in the process list; use --password-file "
+              f"or env {ENV_PASSWORD}", file=sys.stderr)
+        return args.password
+    if args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--password-file {args.password_file}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+    return from_env
 
 
 def prefix_of(args: argparse.Namespace) -> str:
@@ -147,6 +180,7 @@ def open_store(args: argparse.Namespace, etcd: E.Etcd) -> Store:
 def cmd_setconfig(args, store: Store) -> int:
     try:
         config = load_config(args.file)
+        config.check_fleet()  # `build` is for the single-host gantry
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         print("Configuration not stored.", file=sys.stderr)
@@ -211,14 +245,20 @@ def cmd_run(args, store: Store) -> int:
     except ValueError as exc:
         raise UsageError(f"{exc} (use --machine)") from None
     try:
+        advertise = advertise_address(args.advertise, args.proxy_bind)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
         if store.config() is None:  # not an error: hosts may start before the first setconfig
             log.warning("project %s has no configuration yet (gantryd setconfig %s FILE); "
                         "waiting for one", store.project, store.project)
-    except (E.EtcdError, StoreError):
-        pass  # the daemon's loop reports it
+    except E.EtcdHandshakeFailed:
+        raise  # certificates, not an outage: say so now
+    except (E.EtcdUnavailable, StoreError):
+        pass  # etcd down or the config unreadable: the daemon's loop reports it
     return daemon.run(store, args.components, machine=machine, proxy_socket=args.proxy_socket,
                       proxy_bind=args.proxy_bind, proxy_state=args.proxy_state,
-                      lease_ttl=args.lease_ttl, docker_url=args.docker)
+                      lease_ttl=args.lease_ttl, docker_url=args.docker, advertise=advertise)
 
 
 # Commands about no one project: handler(args, etcd, prefix).
@@ -254,6 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except E.PermissionDenied as exc:
+        prefix = prefix_of(args).rstrip("/") + "/"
+        print(f"gantryd: {exc} (its role needs readwrite on the prefix {prefix})",
+              file=sys.stderr)
+        return 1
     except (E.EtcdError, StoreError) as exc:
         print(f"gantryd: {exc}", file=sys.stderr)
         return 1

@@ -20,8 +20,12 @@ from gantry.errors import GantryError, RouteError
 from . import etcd as E
 from . import rollout as R
 from . import freeze, revisions, split
+from .endpoints import Publisher
+from .claim import Claimant, MachineTaken, claim
 from .health import HealthWatch
+from .notify import Notifier
 from .pulls import Pulls
+from .secret_check import SecretCheck
 from .store import Desired, MachineStatus, Slot, Store, StoreError, now_iso
 from .traffic_sync import TrafficSync
 
@@ -51,7 +55,8 @@ class Daemon:
     def __init__(self, store: Store, components: Sequence[str], machine: str, lifecycle: Any,
                  lease_ttl: int = 15, resync_interval: float = RESYNC_INTERVAL,
                  repair: Callable[[], None] | None = None,
-                 proxy_pid: Callable[[], int | None] | None = None):
+                 proxy_pid: Callable[[], int | None] | None = None,
+                 advertise: str | None = None):
         self.store = store
         self.components = list(dict.fromkeys(components))
         self.machine = machine
@@ -61,6 +66,7 @@ class Daemon:
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.lease: E.Lease | None = None
+        self.claimant = Claimant.me()  # who we are, in our machine-name claim
         self.reported: dict[str, MachineStatus] = {}
         self.outcomes: dict[str, _Outcome] = {}
         self.canary: dict[str, int] = {}  # component -> desired revision when first seen
@@ -77,6 +83,11 @@ class Daemon:
         # Health checks in a thread of their own; remediation goes through our loop.
         self.health = HealthWatch(lifecycle, on_unhealthy=self.wake.set)
         self.pulls = Pulls(store, machine, lifecycle.runtime)  # rollout.maxParallelPulls
+        self.secrets = SecretCheck(lifecycle)  # valueFrom values rotated on this host
+        # Our live ports under the advertised address, for load balancers (gantryd/endpoints.py).
+        self.endpoints = Publisher(store, machine, advertise, lifecycle)
+        # Rollout notifications (gantryd/notify.py): threads and a lease of their own.
+        self.notifier = Notifier(store, machine, lease_ttl)
 
     # -- wiring ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -135,12 +146,19 @@ class Daemon:
     def run(self) -> None:
         log.info("gantryd %s: managing %s of project %s", self.machine,
                  ", ".join(self.components), self.store.project)
+        try:
+            self._ensure_lease()  # claims the machine name: refuse before touching anything
+        except MachineTaken:
+            raise
+        except Exception as exc:  # etcd away: the loop claims it once etcd answers
+            self._trouble(exc)
         self._watch = self.store.watch(self._on_watch, on_state=self._on_watch_state)
         threading.Thread(target=self._watch_docker, name="docker-events", daemon=True).start()
         threading.Thread(target=self.traffic.run, args=(self.stopping,), name="traffic",
                          daemon=True).start()
         threading.Thread(target=self.health.run, args=(self.stopping,), name="health",
                          daemon=True).start()
+        self.notifier.start()
         if self.repair is not None and self.proxy_pid is not None:
             threading.Thread(target=self._keep_proxy, name="proxy-keeper", daemon=True).start()
         delay = BACKOFF_START
@@ -159,6 +177,8 @@ class Daemon:
                     self.traffic.poke()  # a route this turn created gets its pause too
                     delay = BACKOFF_START
                     self.wake.wait(self.resync_interval)
+                except MachineTaken:
+                    raise  # another daemon runs under our name: leave it the host
                 except Exception as exc:  # never die on one bad turn: retry with backoff
                     if isinstance(exc, E.LeaseLost) and self.lease is not None:
                         self.lease.lost.set()  # expired in an outage: take a new one
@@ -222,6 +242,7 @@ class Daemon:
     def _shutdown(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
+        self.notifier.close()  # what it still had to send goes to another host at once
         if self._docker_events is not None:
             try:
                 self._docker_events.close()
@@ -239,6 +260,9 @@ class Daemon:
             log.warning("lease %x lost; taking a new one", self.lease.id)
             self.lease.abandon()
         self.lease = self.store.etcd.lease(self.lease_ttl)
+        # Before anything is written or touched under the new lease: are we the only one?
+        claim(self.store, self.components, self.machine, self.lease.id, self.claimant,
+              self.lease_ttl)
         self.reported.clear()  # the status keys went with the old lease: write them again
 
     # -- reconcile -------------------------------------------------------------------------
@@ -276,7 +300,8 @@ class Daemon:
             return  # an operator works on this host by hand: no recover, update or slot
         self._recover_once(desired, component)
         live = self._live(component)
-        decision = R.decide(desired, live, self.machine, self._canary_seen(component, live))
+        decision = R.decide(desired, live, self.machine, self._canary_seen(component, live),
+                            self.secrets.changed(component, desired, live))
         if decision.canary_revision is not None:
             self.canary[component] = decision.canary_revision
         revision = desired.revision if desired else 0
@@ -437,6 +462,7 @@ class Daemon:
         new = replace(new, since=now_iso() if old is None or old.status != status
                       else old.since)
         self.store.put_machine(component, new, self.lease.id)
+        self.endpoints.publish(component, new, live, self.lease.id)
         if old is None or old.status != status:
             log.info("%s: %s%s", component, status, f" ({error})" if error else "")
         if status in SETTLED and (old is None or (old.status, old.revision) != (status, revision)):
@@ -464,8 +490,9 @@ def _log_reporter():
 
 def run(store: Store, components: Sequence[str], machine: str, proxy_socket: str | None = None,
         proxy_bind: str | None = None, proxy_state: str | None = None, lease_ttl: int = 15,
-        docker_url: str | None = None) -> int:
-    """Entry point of `gantryd run`: build the host's lifecycle, run until SIGTERM/SIGINT."""
+        docker_url: str | None = None, advertise: str | None = None) -> int:
+    """Entry point of `gantryd run`: build the host's lifecycle, run until SIGTERM/SIGINT.
+    `advertise`: the address published with our endpoints (already checked)."""
     from gantry.lifecycle import Host, Lifecycle
     from gantry.runtime import connect as docker_connect
     from proxy.client import ProxyClient, ensure_running
@@ -484,7 +511,8 @@ def run(store: Store, components: Sequence[str], machine: str, proxy_socket: str
                 proxy_bind=proxy_bind or "0.0.0.0", origin="gantryd", reporter=_log_reporter())
     daemon = Daemon(store, components, machine, Lifecycle(host), lease_ttl=lease_ttl,
                     repair=lambda: ensure_running(proxy_socket, proxy_state),
-                    proxy_pid=lambda: ProxyClient(proxy_socket, timeout=5).ping()["pid"])
+                    proxy_pid=lambda: ProxyClient(proxy_socket, timeout=5).ping()["pid"],
+                    advertise=advertise)
     _on_signals(daemon.stop)
     daemon.run()
     return 0

@@ -62,6 +62,7 @@ def update(store: Store, names: Sequence[str], *, docker_url: str | None = None,
     ConfigError for an unknown component; GantryError when the image cannot be resolved."""
     from gantry.runtime import connect as docker_connect
     config = store.require_config()
+    config.check_fleet()  # a config stored before gantryd refused builds
     components = {name: config.component(name) for name in names}
     if tag is not None:
         components = {n: dataclasses.replace(c, tag=tag) for n, c in components.items()}

@@ -6,6 +6,10 @@ Delete, Lease, Watch), so a later switch of client library touches this file onl
 python-etcd3 0.12 talks to a single endpoint; failover across several endpoints, lease
 keepalive and a watch that reconnects (resuming from the last seen revision) are done here.
 Secrets (password, key files' content) are never logged nor put in reprs.
+
+With `user`/`password`, the client authenticates itself and sends the token as plain gRPC
+metadata on every call (as etcdctl does), over TLS or not; an expired token (etcd's
+`--auth-token-ttl`) is renewed and the call retried, so a long-running daemon keeps working.
 """
 from __future__ import annotations
 
@@ -14,6 +18,10 @@ import os
 # python-etcd3's generated protobuf code predates protobuf 4: select the pure-python
 # implementation before protobuf is first imported (must stay above the etcd3 import).
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+# gRPC's C core prints its own lines on stderr (a failed TLS handshake: "E1130 ...
+# ssl_transport_security_utils.cc ... Corruption detected"); errors reach the user once, as
+# gantryd's one-line messages. GRPC_VERBOSITY=ERROR (or DEBUG) in the environment shows them.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import logging  # noqa: E402
 import queue  # noqa: E402
@@ -39,12 +47,30 @@ class EtcdUnavailable(EtcdError):
     """No configured endpoint answered."""
 
 
+class EtcdHandshakeFailed(EtcdUnavailable):
+    """Every endpoint failed the TLS handshake (a certificate problem, not an outage)."""
+
+
 class LeaseLost(EtcdError):
     """etcd no longer knows the lease a request used (it expired during an outage)."""
 
 
+class PermissionDenied(EtcdError):
+    """The etcd user's roles do not allow this request (or auth is on and no user was given)."""
+
+
+class _Unreachable(etcd3_exceptions.ConnectionFailedError):
+    """Connecting to one endpoint failed; `reason` says why in words."""
+
+    def __init__(self, reason: str, handshake: bool):
+        super().__init__(reason)
+        self.reason = reason
+        self.handshake = handshake
+
+
 # Errors after which another endpoint may answer.
 _RETRYABLE = (
+    _Unreachable,
     etcd3_exceptions.ConnectionFailedError,
     etcd3_exceptions.ConnectionTimeoutError,
     etcd3_exceptions.InternalServerError,
@@ -169,6 +195,58 @@ class WatchBatch:
     resync: bool = False
 
 
+def _details(exc: grpc.RpcError) -> str:
+    """etcd's own words, without its `etcdserver: ` prefix."""
+    return (exc.details() or exc.code().name).removeprefix("etcdserver: ")
+
+
+# gRPC's words for a failed connection -> (what to tell the user, a TLS handshake failure?)
+_CONNECT_REASONS = (
+    ("CERTIFICATE_VERIFY_FAILED",
+     "TLS: the server's certificate is not signed by the CA of --ca-cert", True),
+    ("not in peer certificate",
+     "TLS: the server's certificate does not name this host", True),
+    ("TSI_DATA_CORRUPTED",
+     "TLS: the server refused the client certificate (none given, or not signed by a CA it "
+     "trusts: check --cert/--key)", True),
+    ("CERTIFICATE_REQUIRED",
+     "TLS: the server requires a client certificate (--cert/--key)", True),
+    ("Failed to create security handshaker",
+     "TLS: the certificate files cannot be used (not PEM, or --key is not the key of --cert)",
+     True),
+    ("Connection refused", "connection refused", False),
+)
+
+
+def _unreachable(exc: BaseException | None, tls: bool) -> _Unreachable:
+    """Why a connection failed, from the gRPC error behind `exc` (python-etcd3 raises its
+    own exception while handling gRPC's, which stays in the chain)."""
+    while exc is not None and not isinstance(exc, grpc.RpcError):
+        exc = exc.__context__
+    if exc is None:
+        return _Unreachable("etcd connection failed", False)
+    details = exc.details() or ""
+    for needle, reason, handshake in _CONNECT_REASONS:
+        if needle in details:
+            return _Unreachable(reason, handshake)
+    if "Socket closed" in details:  # the peer hung up during the handshake
+        if tls:
+            return _Unreachable("TLS handshake failed: does the endpoint serve TLS?", True)
+        return _Unreachable("connection closed at once: does the endpoint require TLS "
+                            "(--ca-cert)?", False)
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return _Unreachable("timed out", False)
+    return _Unreachable(details.rsplit(": ", 1)[-1] or exc.code().name, False)
+
+
+# etcd's answers to a token it no longer accepts: authenticating again fixes them.
+_STALE_TOKEN = ("invalid auth token", "revision of auth store is old")
+
+
+def _stale_token(exc: grpc.RpcError) -> bool:
+    return any(text in (exc.details() or "") for text in _STALE_TOKEN)
+
+
 def _range_end(prefix: bytes) -> bytes:
     """The end of the key range holding every key that starts with `prefix`."""
     end = bytearray(prefix)
@@ -231,19 +309,24 @@ class Etcd:
     Every request goes to the current endpoint; when it cannot be reached the next one is
     tried, and EtcdUnavailable is raised once all were tried. Requests may thus be retried:
     callers guard writes with revisions (Compare), which makes a retry harmless.
+
+    `revision_key`: the key read to learn the store revision; a user whose role covers only
+    a prefix needs one under it.
     """
 
     def __init__(self, endpoints: Sequence[Endpoint | str], credentials: Credentials | None = None,
-                 timeout: float = 3.0):
+                 timeout: float = 3.0, revision_key: str = "\0"):
         self.endpoints = [e if isinstance(e, Endpoint) else Endpoint.parse(e) for e in endpoints]
         if not self.endpoints:
             raise ValueError("no etcd endpoint given")
         self.credentials = credentials or Credentials()
         self.timeout = timeout
+        self.revision_key = revision_key
         self._lock = threading.Lock()
         self._index = 0
         self._client: etcd3.Etcd3Client | None = None
         self._closed = False
+        self._auth_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Etcd({', '.join(map(str, self.endpoints))})"
@@ -251,14 +334,42 @@ class Etcd:
     # -- connection management -------------------------------------------------------------
     def _connect(self, endpoint: Endpoint) -> etcd3.Etcd3Client:
         c = self.credentials
+        # User and password are not handed to python-etcd3: it would send the token as gRPC
+        # call credentials too, which gRPC refuses on a channel without TLS.
+        client = etcd3.client(host=endpoint.host, port=endpoint.port, ca_cert=c.ca_cert,
+                              cert_key=c.cert_key, cert_cert=c.cert_cert, timeout=self.timeout)
+        if c.user:
+            try:
+                self._authenticate(client)
+            except BaseException:
+                client.close()
+                raise
+        return client
+
+    def _authenticate(self, client: etcd3.Etcd3Client) -> None:
+        """Get a token for our user; every later call on `client` carries it."""
+        c = self.credentials
+        request = rpc.AuthenticateRequest(name=c.user, password=c.password)
         try:
-            return etcd3.client(host=endpoint.host, port=endpoint.port, ca_cert=c.ca_cert,
-                                cert_key=c.cert_key, cert_cert=c.cert_cert, user=c.user,
-                                password=c.password, timeout=self.timeout)
-        except grpc.RpcError as exc:  # authentication happens at construction
+            response = rpc.AuthStub(client.channel).Authenticate(request, self.timeout)
+        except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise etcd3_exceptions.ConnectionFailedError() from None
-            raise EtcdError(f"etcd {endpoint}: authentication failed: {exc.details()}") from None
+                raise _unreachable(exc, self.tls) from None
+            raise EtcdError(f"etcd: authentication of user {c.user!r} failed: "
+                            f"{_details(exc)}") from None
+        client.metadata = (("token", response.token),)
+
+    def renew_token(self, client: etcd3.Etcd3Client, stale) -> None:
+        """Authenticate `client` again after etcd refused its token `stale` (expired); once,
+        however many threads saw it fail."""
+        with self._auth_lock:
+            if client.metadata is stale:
+                log.info("etcd: auth token expired; authenticating again")
+                self._authenticate(client)
+
+    @property
+    def tls(self) -> bool:
+        return self.credentials.ca_cert is not None
 
     def current(self) -> tuple[etcd3.Etcd3Client, Endpoint]:
         """The client of the current endpoint (connecting lazily)."""
@@ -284,30 +395,58 @@ class Etcd:
             pass
 
     def _call(self, fn: Callable[[etcd3.Etcd3Client], object]):
-        last = ""
-        for _ in range(len(self.endpoints)):
+        failures: list[tuple[Endpoint, _Unreachable]] = []
+        renewed = False
+        stale = None  # (client, token) whose token etcd refused: renew, then retry
+        while len(failures) < len(self.endpoints):
             client = None
+            endpoint = self.endpoints[self._index]
             try:
                 client, endpoint = self.current()
+                if stale is not None and stale[0] is client:
+                    self.renew_token(*stale)
+                token = client.metadata
                 return fn(client)
             except (*_RETRYABLE, ValueError) as exc:
                 # ValueError: grpc's "Channel closed", when another thread gave up this
                 # client (failed()) while our call was starting on it: try the next one.
                 if isinstance(exc, ValueError) and "closed" not in str(exc).lower():
                     raise
-                last = f"{endpoint}: {exc or type(exc).__name__}"
+                failures.append((endpoint, exc if isinstance(exc, _Unreachable)
+                                 else _unreachable(exc, self.tls)))
                 if client is not None:
                     self.failed(client)
                 else:
                     with self._lock:
                         self._index = (self._index + 1) % len(self.endpoints)
             except grpc.RpcError as exc:
-                details = exc.details() or ""
-                kind = LeaseLost if "lease not found" in details else EtcdError
-                raise kind(f"etcd: {exc.code().name}: {details}") from None
+                if self.credentials.user and _stale_token(exc) and not renewed:
+                    renewed = True  # once: a token refused again is a real refusal
+                    stale = (client, token)
+                    continue
+                raise self._error(exc) from None
             except etcd3_exceptions.Etcd3Exception as exc:
                 raise EtcdError(f"etcd: {type(exc).__name__}: {exc}") from None
-        raise EtcdUnavailable(f"no etcd endpoint answered (last: {last})")
+        endpoint, last = failures[-1]
+        if all(f.handshake for _, f in failures):
+            raise EtcdHandshakeFailed(f"cannot connect to etcd at {endpoint}: {last.reason}")
+        raise EtcdUnavailable(f"no etcd endpoint answered (last: {endpoint}: {last.reason})")
+
+    def _error(self, exc: grpc.RpcError) -> EtcdError:
+        """A refused request as a one-line EtcdError of the right kind."""
+        details = _details(exc)
+        if "lease not found" in details:
+            return LeaseLost(f"etcd: {details}")
+        if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+            who = f"user {self.credentials.user!r}" if self.credentials.user else (
+                "the user named by the client certificate's CN" if self.credentials.cert_cert
+                else "no user")
+            return PermissionDenied(f"etcd: permission denied for {who}")
+        if "user name is empty" in details:  # auth is on, and we gave no user
+            return EtcdError("etcd: authentication is enabled: give --user (with "
+                             "--password-file or a password in the environment) or a "
+                             "client certificate (--cert/--key)")
+        return EtcdError(f"etcd: {exc.code().name}: {details}")
 
     def close(self) -> None:
         with self._lock:
@@ -339,7 +478,8 @@ class Etcd:
 
     def revision(self) -> int:
         """The current store revision."""
-        return self._call(lambda client: client.get_response("\0").header.revision)
+        return self._call(
+            lambda client: client.get_response(self.revision_key).header.revision)
 
     def put(self, key: str, value: bytes, lease: int | None = None) -> int:
         """Unconditional write; for keys only this process writes. Answers the revision."""
@@ -511,14 +651,18 @@ class Watch:
             client = None
             try:
                 client, _ = self.etcd.current()
+                token = client.metadata
                 for response in self._stream(client):
                     if self._cancelled.is_set():
                         return
-                    if response.compact_revision:
+                    if response.compact_revision:  # (etcd cancels such a watch too)
                         log.warning("etcd watch on %s: history compacted, resyncing",
                                     self.prefix.decode())
                         self.next_revision = None
                         self.callback(WatchBatch((), response.header.revision, resync=True))
+                        break
+                    if response.canceled:  # refused at creation (then also `created`)
+                        self._canceled(client, token, response.cancel_reason)
                         break
                     if response.created:
                         if self.next_revision is None:
@@ -528,10 +672,6 @@ class Watch:
                             delay = 0.1
                             self.on_state(True)
                         continue
-                    if response.canceled:  # e.g. this member lost its leader: try another
-                        log.debug("etcd watch canceled: %s", response.cancel_reason)
-                        self.etcd.failed(client)
-                        break
                     events = tuple(WatchEvent(
                         "delete" if ev.type == ev.DELETE else "put", ev.kv.key.decode(),
                         ev.kv.value, ev.kv.mod_revision) for ev in response.events)
@@ -547,7 +687,7 @@ class Watch:
                 log.debug("etcd watch on %s broke: %s", self.prefix.decode(), exc.code().name)
                 if client is not None:
                     self.etcd.failed(client)
-            except EtcdError as exc:
+            except (EtcdError, *_RETRYABLE) as exc:  # connecting failed
                 log.debug("etcd watch on %s: %s", self.prefix.decode(), exc)
             except Exception:  # a bug in the callback must not kill the watch silently
                 log.exception("etcd watch callback failed")
@@ -560,6 +700,16 @@ class Watch:
             if self._cancelled.wait(delay):
                 return
             delay = min(delay * 2, 2.0)
+
+    def _canceled(self, client: etcd3.Etcd3Client, token, reason: str) -> None:
+        """etcd ended the watch: an expired token (`invalid auth token`) gets a new one;
+        anything else (this member lost its leader, no rights) another member (or the same
+        one, connected anew)."""
+        log.debug("etcd watch on %s canceled: %s", self.prefix.decode(), reason)
+        if self.etcd.credentials.user and any(t in reason for t in _STALE_TOKEN):
+            self.etcd.renew_token(client, token)
+        else:
+            self.etcd.failed(client)
 
     def cancel(self) -> None:
         self._cancelled.set()

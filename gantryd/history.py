@@ -20,6 +20,9 @@ from .store import Conflict, Desired, Event, Halt, StoreError, now_iso
 
 ENV_ACTOR = "GANTRYD_ACTOR"
 UPDATE, ROLLBACK, AUTO_REVERT, STOP, KILL = "update", "rollback", "auto-revert", "stop", "kill"
+# Updates made by the hooks of `gantryd serve` (gantryd/serve/hooks.py): a registry's push
+# notification, a signed webhook.
+REGISTRY, WEBHOOK = "registry", "webhook"
 
 
 class NoTarget(StoreError):

@@ -5,13 +5,18 @@
 <prefix>/projects/<p>/components/<c>/desired                  desired state (JSON)
 <prefix>/projects/<p>/components/<c>/traffic                  pause / maintenance (JSON)
 <prefix>/projects/<p>/components/<c>/machines/<m>             host status, on the host's lease
+<prefix>/projects/<p>/components/<c>/claims/<m>               the daemon named m, on its lease
 <prefix>/projects/<p>/components/<c>/lock/<slot>              rollout slot, on the holder's lease
 <prefix>/projects/<p>/components/<c>/pulls/<slot>             pull slot, on the holder's lease
 <prefix>/projects/<p>/components/<c>/freeze                   frozen hosts (JSON)
 <prefix>/projects/<p>/components/<c>/history/<revision>       desired state of each revision
 <prefix>/projects/<p>/components/<c>/done/<revision>          a revision every host reached
+<prefix>/projects/<p>/components/<c>/endpoints/<m>/<port>     a host's live port, on its lease
 <prefix>/projects/<p>/configlog/<version>                     who changed the config, when
 <prefix>/projects/<p>/components/<c>/events/<revision>/<id>   slot acquired/released, failures
+<prefix>/projects/<p>/components/<c>/notify/<revision>/<name> a notification claimed (JSON)
+<prefix>/projects/<p>/components/<c>/notify/<revision>/<name>/owner  its deliverer, on its lease
+<prefix>/projects/<p>/notify/cursor                           etcd revision notifiers had seen
 ```
 Revisions in keys are zero-padded so that key order is numeric order.
 """
@@ -49,7 +54,7 @@ class KeyRef:
 
     component: str | None
     kind: str  # config | desired | traffic | machines | lock | pulls | freeze | history |
-    #            events | other
+    #            done | events | endpoints | notify | other
     rest: str = ""
 
 
@@ -88,6 +93,10 @@ class Keys:
     def machine(self, c: str, m: str) -> str:
         return self.machines(c) + check_segment("machine", m)
 
+    def claim(self, c: str, m: str) -> str:
+        """Which daemon runs as machine `m` (gantryd/claim.py), on its lease."""
+        return f"{self.component(c)}claims/{check_segment('machine', m)}"
+
     def locks(self, c: str) -> str:
         return self.slots(c, "lock")
 
@@ -123,8 +132,33 @@ class Keys:
     def events(self, c: str) -> str:
         return self.component(c) + "events/"
 
+    def endpoints(self, c: str) -> str:
+        """The published ports of every host (gantryd/endpoints.py)."""
+        return self.component(c) + "endpoints/"
+
+    def endpoint(self, c: str, m: str, port: int) -> str:
+        return f"{self.endpoints(c)}{check_segment('machine', m)}/{int(port)}"
+
     def events_of(self, c: str, revision: int) -> str:
         return f"{self.events(c)}{_rev(revision)}/"
+
+    def notify(self, c: str) -> str:
+        return self.component(c) + "notify/"
+
+    def notify_of(self, c: str, revision: int) -> str:
+        return f"{self.notify(c)}{_rev(revision)}/"
+
+    def notify_entry(self, c: str, revision: int, name: str) -> str:
+        """The claim of notification `name` (gantryd/notify.py) of `revision`."""
+        return self.notify_of(c, revision) + check_segment("notification", name)
+
+    def notify_owner(self, c: str, revision: int, name: str) -> str:
+        """Who delivers that notification: a key on the deliverer's lease."""
+        return self.notify_entry(c, revision, name) + "/owner"
+
+    @property
+    def notify_cursor(self) -> str:
+        return self.root + "notify/cursor"
 
     def parse(self, key: str) -> KeyRef:
         """Classify a key of this project (for watch filtering)."""
@@ -136,6 +170,8 @@ class Keys:
         parts = rel.split("/", 3)
         if len(parts) >= 3 and parts[0] == "components":
             kind = parts[2] if parts[2] in ("desired", "traffic", "machines", "lock", "pulls",
-                                            "freeze", "history", "events") else "other"
+                                            "freeze", "history", "done", "events",
+                                            "endpoints", "notify") \
+                else "other"
             return KeyRef(parts[1], kind, parts[3] if len(parts) > 3 else "")
         return KeyRef(None, "other", rel)

@@ -124,3 +124,15 @@ def config_log(store: Store) -> list[dict[str, Any]]:
             raise StoreError(f"{kv.key}: unreadable config log entry") from None
     return out
 
+
+
+def report(store: Store, names: list[str], limit: int | None = None,
+           only: bool = False) -> dict[str, Any]:
+    """The document of `gantryd history --json` (and of the API's history): per component
+    its revisions, newest first (at most `limit`), and the config log (with `only`, the
+    changes that touched one of `names`)."""
+    out = {name: H.rows(store.history(name), store.desired(name), done(store, name),
+                        store.events(name), limit) for name in names}
+    log = [e for e in config_log(store) if not only or set(names) & {
+        n for what in ("added", "changed", "removed") for n in e.get(what) or ()}]
+    return {"components": out, "config": log}

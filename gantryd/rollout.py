@@ -67,8 +67,11 @@ def settled(desired: Desired) -> str:
 
 
 def decide(desired: Desired | None, live: Live | None, machine: str,
-           canary_revision: int | None = None) -> Decision:
+           canary_revision: int | None = None, secrets_changed: bool = False) -> Decision:
     """What `machine` should do about one component.
+
+    `secrets_changed`: a valueFrom value of the live container changed on this host
+    (gantryd/secret_check.py); the host then runs the desired state as if it did not match.
 
     Canary rule: a live container made by the local `gantry` CLI marks the host as a canary
     at the desired revision current when it was first seen (`canary_revision`); the fleet
@@ -86,7 +89,7 @@ def decide(desired: Desired | None, live: Live | None, machine: str,
             return Decision(IDLE, desired.status)
         return Decision(STOP if desired.status == "stopped" else KILL,
                         "stopping", f"desired status {desired.status}")
-    if matches(desired, live):
+    if matches(desired, live) and not secrets_changed:
         return Decision(IDLE, settled(desired))
     if desired.is_halted:
         assert desired.halted is not None
@@ -97,7 +100,8 @@ def decide(desired: Desired | None, live: Live | None, machine: str,
     why = "no live container" if live is None else (
         "container not running" if not live.running else
         "canary split" if desired.canary is not None or live.canary is not None else
-        "new image" if live.image != desired.image else "config changed")
+        "new image" if live.image != desired.image else
+        "config changed" if live.config_hash != desired.config_hash else "secret changed")
     return Decision(DEPLOY, "updating", why)
 
 

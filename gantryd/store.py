@@ -361,6 +361,7 @@ class Store:
                                         end=self.keys.history_entry(c, oldest)))
                     ops.append(E.Delete(self.keys.done(c), end=self.keys.done_entry(c, oldest)))
                     ops.append(E.Delete(self.keys.events(c), end=self.keys.events_of(c, oldest)))
+                    ops.append(E.Delete(self.keys.notify(c), end=self.keys.notify_of(c, oldest)))
             result = self.etcd.txn(guards, ops)
             if result.succeeded:
                 return {c: replace(new[c], mod_revision=result.revision) for c in components}

@@ -16,7 +16,8 @@ What it does, printing every real command it runs:
    terminal, a line per change otherwise; the summary at the end);
 7. prints a summary (requests sent/failed, per-host version and time, rollout time) and
    cleans everything up -- also on Ctrl-C -- unless ``--keep`` is given (``--stop`` then tears
-   the kept demo down).
+   the kept demo down). With ``--keep``, a ``gantryd serve`` started beside etcd also shows
+   the fleet's web page, live during the rollouts; its URL is printed.
 
 Exit status: 0 when every request succeeded and the rollout completed, 1 otherwise, 2 on usage
 errors. It installs nothing: ``scripts/demo`` runs scripts/bootstrap first, then this.
@@ -55,6 +56,7 @@ PROJECT_LABEL = "io.gantry.project"
 PREFERRED_PORT = 8080
 SLOW_SECONDS = 3
 LEASE_TTL = 5
+SERVE_PORT = 8700  # `gantryd serve`'s default; a free port when it is taken
 
 
 class DemoError(RuntimeError):
@@ -119,6 +121,8 @@ class DemoState:
     port: int = 0
     etcd: str = ""
     etcd_pid: int | None = None
+    serve_pid: int | None = None  # `gantryd serve` (--keep): the web page
+    page_url: str = ""
     hosts: list[HostState] = field(default_factory=list)
 
     @property
@@ -349,6 +353,23 @@ def write_config(state: DemoState, repo: str) -> Path:
     return path
 
 
+def start_serve(state: DemoState, cmd: Commands, procs: dict[str, subprocess.Popen]) -> None:
+    """`gantryd serve` on loopback (read-only: no token), for the project's web page."""
+    port = SERVE_PORT if port_free(SERVE_PORT, (("serve", "127.0.0.1"),)) else rig.free_port()
+    log_path = Path(state.dir) / "gantryd-serve.log"
+    proc = spawn(cmd.gantryd_cmd("serve", "--listen", f"127.0.0.1:{port}"), log_path, cmd.env())
+    procs["serve"] = proc
+    state.serve_pid, state.page_url = proc.pid, f"http://127.0.0.1:{port}/projects/{state.project}"
+    state.save()
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise DemoError(f"gantryd serve exited with {proc.returncode}:\n{log_tail(log_path)}")
+        return "listening on" in log_path.read_text(errors="replace")
+    rig.wait_until(listening, 20, "gantryd serve to listen", interval=0.05)
+    say(f"web page: {state.page_url} (live: open it now to watch the rollouts)")
+
+
 def wait_socket(path: str, proc: subprocess.Popen, log_path: Path, timeout: float = 15) -> None:
     """Wait until a freshly started gantry-proxy answers on its control socket."""
     def answers() -> bool:
@@ -484,6 +505,8 @@ def run_demo(args: argparse.Namespace, state: DemoState, procs: dict[str, subpro
     repo = demo_repo(args.project)
     start_etcd(state)
     cmd = Commands(state)
+    if args.keep:
+        start_serve(state, cmd, procs)
     versions = Versions()
 
     step(f"image v1, pushed as {repo}:{TAG}")
@@ -570,6 +593,8 @@ def print_kept(state: DemoState, cmd: Commands, stop_hint: str) -> None:
     for h in state.hosts:
         say(f"  {shown(cmd.proxy)} status --socket {h.socket}")
     say(f"  curl http://{state.hosts[0].bind}:{state.port}/" if state.hosts else "")
+    if state.page_url:
+        say(f"  web page: {state.page_url}")
     say(f"  logs: {state.dir}/host*/gantryd.log")
     say("stop it:")
     say(f"  {stop_hint}")
@@ -593,6 +618,7 @@ def teardown(state: DemoState) -> None:
         stop_process(h.proxy_pid, "proxy", f"gantry-proxy of {h.name}")
         # Its listener keeper holds the host's ports until stopped.
         cmd.run([*cmd.proxy, "keeper", "stop", "--socket", h.socket], check=False, timeout=30)
+    stop_process(state.serve_pid, " serve ", "gantryd serve")
     stop_process(state.etcd_pid, "etcd", "etcd")
     untag_images(demo_repo(state.project))
     shutil.rmtree(state.dir, ignore_errors=True)
@@ -648,7 +674,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--short-workers", type=int, default=2,
                    help="short-request clients per host (default 2)")
     p.add_argument("--keep", action="store_true",
-                   help="leave the fleet running at the end; `--stop` tears it down")
+                   help="leave the fleet running at the end, and show its web page (gantryd "
+                        "serve; the URL is printed); `--stop` tears it down")
     p.add_argument("--stop", action="store_true", help="tear down a demo kept with --keep")
     p.add_argument("--no-tty", action="store_true",
                    help="a line per host state change even on a terminal")

@@ -100,6 +100,11 @@ class Load:
         with self._lock:
             return sum(s.refused for s in self.stats.values())
 
+    def counts(self) -> dict[tuple[str, int], tuple[int, int, int]]:
+        """(sent, failed, refused) so far per target, all read at one instant."""
+        with self._lock:
+            return {t: (s.sent, s.failed, s.refused) for t, s in self.stats.items()}
+
     def ended(self, target: tuple[str, int]) -> int:
         """Requests to `target` that have ended so far."""
         with self._lock:

@@ -10,12 +10,14 @@ Only the standard library is used so it runs before the virtualenv exists.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rig_certs import Certs, make_certs
 
 log = logging.getLogger("rig")
 
@@ -106,10 +110,16 @@ def ensure_dockerd(timeout: float = 60) -> None:
 
 # --- registry ------------------------------------------------------------------------------
 
-def registry_answers(addr: str = REGISTRY_ADDR) -> bool:
+def registry_answers(addr: str = REGISTRY_ADDR, ca: str | None = None) -> bool:
+    """Does a registry answer on ``addr`` (over TLS trusting ``ca`` when given; asking for
+    credentials counts as answering)?"""
+    scheme, context = ("https", ssl.create_default_context(cafile=ca)) if ca else ("http", None)
     try:
-        with urllib.request.urlopen(f"http://{addr}/v2/", timeout=2) as resp:
+        with urllib.request.urlopen(f"{scheme}://{addr}/v2/", timeout=2,
+                                    context=context) as resp:
             return resp.status == 200
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401
     except (OSError, urllib.error.URLError):
         return False
 
@@ -118,20 +128,121 @@ def ensure_registry(addr: str = REGISTRY_ADDR, timeout: float = 30) -> None:
     """Start Debian's docker-registry on ``addr`` unless a registry already answers there."""
     if registry_answers(addr):
         return
-    home = RIG_DIR / "registry"
+    start_registry(addr, RIG_DIR / "registry", timeout=timeout)
+
+
+def start_registry(addr: str, home: Path, notify: list[dict] | None = None,
+                   timeout: float = 30, tls: Certs | None = None,
+                   htpasswd: Path | None = None) -> subprocess.Popen:
+    """Start Debian's docker-registry on ``addr`` with its storage, config and log under
+    ``home``, sending its notifications to the ``notify`` endpoints (see
+    notification_endpoint); answers the process once the registry answers. ``tls``: serve
+    HTTPS only, with its server certificate; ``htpasswd``: require the users of that file
+    (see write_htpasswd)."""
     (home / "data").mkdir(parents=True, exist_ok=True)
     config = home / "config.yml"
-    # JSON is valid YAML, so no YAML writer is needed here.
-    config.write_text(json.dumps({
+    settings: dict = {
         "version": 0.1,
         "log": {"level": "warn"},
         "storage": {"filesystem": {"rootdirectory": str(home / "data")},
                     "delete": {"enabled": True}},
         "http": {"addr": addr},
-    }))
+    }
+    if notify:
+        settings["notifications"] = {"endpoints": notify}
+    if tls is not None:
+        settings["http"]["tls"] = {"certificate": tls.cert("server"), "key": tls.key("server")}
+    if htpasswd is not None:
+        settings["auth"] = {"htpasswd": {"realm": "gantry-test", "path": str(htpasswd)}}
+    config.write_text(json.dumps(settings))  # JSON is valid YAML: no YAML writer needed
     log.info("starting docker-registry on %s", addr)
-    _spawn(["docker-registry", "serve", str(config)], home / "registry.log")
-    wait_until(lambda: registry_answers(addr), timeout, f"the registry on {addr}")
+    proc = _spawn(["docker-registry", "serve", str(config)], home / "registry.log")
+
+    def up() -> bool:
+        # Answering first: a concurrent rig (another test worker) may have won the port.
+        if registry_answers(addr, tls.ca if tls else None):
+            return True
+        if proc.poll() is not None:
+            raise RigError(f"docker-registry exited with {proc.returncode}; see "
+                           f"{home / 'registry.log'}")
+        return False
+    wait_until(up, timeout, f"the registry on {addr}")
+    return proc
+
+
+def write_htpasswd(path: Path, users: dict[str, str]) -> Path:
+    """An htpasswd file (bcrypt, as docker-registry wants) of ``users`` (name -> password)."""
+    lines = []
+    for name, password in users.items():
+        proc = subprocess.run(["htpasswd", "-niB", name], input=password, capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise RigError(f"htpasswd failed (apache2-utils installed?): {proc.stderr.strip()}")
+        lines.append(proc.stdout.strip())
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class AuthRegistry:
+    """A registry serving HTTPS only and asking for a user (htpasswd), on a free loopback
+    port, with Docker config dirs for the docker CLI's ``--config`` or ``DOCKER_CONFIG``:
+    ``login`` (after ``docker login``), ``wrong`` (a wrong password) and ``none`` (empty).
+
+    Docker treats a registry on loopback as insecure: it speaks TLS to it without checking
+    the certificate (elsewhere the CA goes to /etc/docker/certs.d/HOST:PORT/ca.crt).
+    """
+
+    name: str  # localhost:PORT, as image references name it
+    home: Path
+    user: str
+    password: str
+    proc: subprocess.Popen | None = None
+
+    def config(self, kind: str) -> str:
+        return str(self.home / f"docker-{kind}")
+
+    def push_copy(self, source: str, repo: str, tag: str) -> str:
+        """Push the local image ``source`` as ``NAME/repo:tag`` (logged in) and drop that
+        local reference again, so using it means pulling with credentials; its reference."""
+        ref = f"{self.name}/{repo}:{tag}"
+        _run(["docker", "tag", source, ref])
+        try:
+            _run(["docker", "--config", self.config("login"), "push", "-q", ref])
+        finally:
+            _run(["docker", "rmi", ref])
+        return ref
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def start_auth_registry(home: Path, user: str = "gantry",
+                        password: str = "registry-secret") -> AuthRegistry:
+    """Start an AuthRegistry under ``home`` (its certificates, data, Docker configs)."""
+    certs = make_certs(home / "certs", clients=())
+    port = free_port()
+    registry = AuthRegistry(f"localhost:{port}", home, user, password)
+    registry.proc = start_registry(f"127.0.0.1:{port}", home / "registry", tls=certs,
+                                   htpasswd=write_htpasswd(home / "htpasswd", {user: password}))
+    for kind in ("login", "wrong", "none"):
+        Path(registry.config(kind)).mkdir(parents=True, exist_ok=True)
+    _run(["docker", "--config", registry.config("login"), "login", "-u", user,
+          "--password-stdin", registry.name], input=password)
+    wrong = base64.b64encode(f"{user}:not-{password}".encode()).decode()
+    (Path(registry.config("wrong")) / "config.json").write_text(
+        json.dumps({"auths": {registry.name: {"auth": wrong}}}))
+    return registry
+
+
+def notification_endpoint(name: str, url: str, token: str | None = None,
+                          backoff: str = "200ms") -> dict:
+    """One entry of the registry's ``notifications.endpoints``: POST each batch of events to
+    ``url`` (with ``Authorization: Bearer <token>``), retrying every ``backoff`` on failure."""
+    return {"name": name, "url": url, "timeout": "5s", "threshold": 3, "backoff": backoff,
+            "headers": {"Authorization": [f"Bearer {token}"]} if token else {}}
 
 
 # --- etcd ----------------------------------------------------------------------------------
@@ -143,6 +254,8 @@ class EtcdMember:
     peer_port: int
     data_dir: Path
     proc: subprocess.Popen | None = None
+    scheme: str = "http"
+    plain_port: int | None = None  # a second, plain-HTTP client listener of a TLS member
 
     @property
     def endpoint(self) -> str:
@@ -150,7 +263,11 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{self.scheme}://{self.endpoint}"
+
+    @property
+    def plain_endpoint(self) -> str | None:
+        return f"127.0.0.1:{self.plain_port}" if self.plain_port else None
 
     @property
     def peer_url(self) -> str:
@@ -159,18 +276,80 @@ class EtcdMember:
 
 @dataclass
 class EtcdCluster:
-    """One or more etcd members on free loopback ports, each with its own data dir."""
+    """One or more etcd members on free loopback ports, each with its own data dir.
+
+    With ``tls`` (see rig_certs.make_certs) the client listeners serve TLS with the server
+    certificate; ``client_cert_auth`` then requires client certificates signed by the CA
+    (whose CN etcd takes as the user), and ``plain_listener`` adds a plain-HTTP client
+    listener per member (``plain_endpoints``). ``extra_args`` go to every member (e.g.
+    ``--auth-token-ttl``). Peers talk plain HTTP.
+    """
 
     size: int = 1
     base_dir: Path = field(
         default_factory=lambda: Path(tempfile.mkdtemp(prefix="etcd-", dir=_etcd_root())))
     members: list[EtcdMember] = field(default_factory=list)
+    tls: Certs | None = None
+    client_cert_auth: bool = False
+    plain_listener: bool = False
+    extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         token = f"gantry-{os.getpid()}-{id(self)}"
         self._token = token
-        self.members = [EtcdMember(f"m{i}", free_port(), free_port(), self.base_dir / f"m{i}")
+        self.members = [EtcdMember(f"m{i}", free_port(), free_port(), self.base_dir / f"m{i}",
+                                   scheme="https" if self.tls else "http",
+                                   plain_port=free_port() if self.plain_listener else None)
                         for i in range(self.size)]
+
+    @property
+    def plain_endpoints(self) -> list[str]:
+        return [m.plain_endpoint for m in self.members if m.plain_endpoint]
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context trusting the CA, presenting the ``root`` client certificate."""
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=self.tls.ca)
+        context.load_cert_chain(self.tls.cert("root"), self.tls.key("root"))
+        return context
+
+    def etcdctl(self, *args: str) -> str:
+        """Run ``etcdctl`` on the first member as ``root`` (by its certificate); its output."""
+        argv = ["etcdctl", "--endpoints", self.members[0].client_url]
+        if self.tls is not None:
+            argv += ["--cacert", self.tls.ca, "--cert", self.tls.cert("root"),
+                     "--key", self.tls.key("root")]
+        proc = subprocess.run([*argv, *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RigError(f"etcdctl {args[0]} {args[1] if len(args) > 1 else ''} failed: "
+                           f"{proc.stderr.strip().splitlines()[-1:]}")
+        return proc.stdout
+
+    def leader(self) -> int:
+        """The index of the member leading the cluster now."""
+        for entry in json.loads(self.etcdctl("endpoint", "status", "--cluster", "-w", "json")):
+            status = entry["Status"]
+            if status["header"]["member_id"] == status["leader"]:
+                return [m.client_url for m in self.members].index(entry["Endpoint"])
+        raise RigError("no etcd member leads")
+
+    def enable_auth(self, root_password: str, users: dict[str, tuple[str, str | None]]
+                    ) -> None:
+        """Add ``root`` and ``users`` (name -> (password, key prefix or None)), each with a
+        role of its name granting readwrite on its prefix (none: no rights), then turn
+        authentication on (later etcdctl calls act as ``root`` only through its client
+        certificate, with ``client_cert_auth``)."""
+        self.etcdctl("user", "add", "root", "--new-user-password", root_password)
+        self.etcdctl("user", "grant-role", "root", "root")
+        for name, (password, prefix) in users.items():
+            self.etcdctl("user", "add", name, "--new-user-password", password)
+            if prefix is not None:
+                self.etcdctl("role", "add", name)
+                self.etcdctl("role", "grant-permission", name, "--prefix=true", "readwrite",
+                             prefix)
+                self.etcdctl("user", "grant-role", name, name)
+        self.etcdctl("auth", "enable")
 
     @property
     def endpoints(self) -> list[str]:
@@ -182,11 +361,18 @@ class EtcdCluster:
 
     def _argv(self, m: EtcdMember) -> list[str]:
         initial = ",".join(f"{x.name}={x.peer_url}" for x in self.members)
-        return ["etcd", "--name", m.name, "--data-dir", str(m.data_dir),
-                "--listen-client-urls", m.client_url, "--advertise-client-urls", m.client_url,
+        listen = m.client_url + (f",http://{m.plain_endpoint}" if m.plain_port else "")
+        argv = ["etcd", "--name", m.name, "--data-dir", str(m.data_dir),
+                "--listen-client-urls", listen, "--advertise-client-urls", m.client_url,
                 "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
                 "--initial-cluster", initial, "--initial-cluster-token", self._token,
-                "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "warn"]
+                "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "warn",
+                *self.extra_args]
+        if self.tls is not None:
+            argv += ["--cert-file", self.tls.cert("server"), "--key-file", self.tls.key("server")]
+            if self.client_cert_auth:
+                argv += ["--client-cert-auth", "--trusted-ca-file", self.tls.ca]
+        return argv
 
     def start(self, index: int | None = None, timeout: float = 30) -> "EtcdCluster":
         """Start every member (or one, after a kill) and wait until the cluster is healthy."""
@@ -194,7 +380,7 @@ class EtcdCluster:
         for m in targets:
             m.proc = _spawn(self._argv(m), self.base_dir / f"{m.name}.log")
         for m in targets:
-            wait_until(lambda m=m: _etcd_healthy(m), timeout,
+            wait_until(lambda m=m: _etcd_healthy(m, self.ssl_context()), timeout,
                        f"etcd member {m.name} on {m.endpoint}")
         return self
 
@@ -224,12 +410,13 @@ def _etcd_root() -> Path:
     return root
 
 
-def _etcd_healthy(m: EtcdMember) -> bool:
+def _etcd_healthy(m: EtcdMember, context: ssl.SSLContext | None = None) -> bool:
     if m.proc is not None and m.proc.poll() is not None:
         raise RigError(f"etcd member {m.name} exited with {m.proc.returncode}; "
                        f"see {m.data_dir.parent / (m.name + '.log')}")
     try:
-        with urllib.request.urlopen(f"{m.client_url}/health", timeout=2) as resp:
+        with urllib.request.urlopen(f"{m.client_url}/health", timeout=2,
+                                    context=context) as resp:
             return json.load(resp).get("health") == "true"
     except (OSError, ValueError, urllib.error.URLError):
         return False
@@ -300,25 +487,31 @@ def image_ref(variant: str) -> str:
     return f"{TEST_REPO}:{variant.replace('_', '-')}"
 
 
+def write_context(c: Path, variant: str, version: str | None = None) -> Path:
+    """Write the build context of a test image variant into the directory ``c`` (a Dockerfile
+    FROM scratch with busybox); ``version``: the text of / instead of the variant's."""
+    text, cmd = VARIANTS[variant]
+    shutil.copy(BUSYBOX, c / "busybox")
+    cgi = c / "www" / "cgi-bin"
+    cgi.mkdir(parents=True, exist_ok=True)
+    (c / "www" / "index.html").write_text((version or text) + "\n")
+    (c / "www" / "health").write_text("ok\n")
+    for name, script in (("slow", SLOW_CGI), ("break", BREAK_CGI), ("env", ENV_CGI)):
+        (cgi / name).write_text(script)
+        (cgi / name).chmod(0o755)
+    (c / "entry.sh").write_text(APP_ENTRY)
+    (c / "entry.sh").chmod(0o755)
+    (c / "Dockerfile").write_text(DOCKERFILE.format(cmd=cmd))
+    return c
+
+
 def build_image(variant: str, repo: str = TEST_REPO, tag: str | None = None,
                 push: bool = True) -> str:
     """Build one test image FROM scratch with busybox, push it, and answer its reference."""
-    version, cmd = VARIANTS[variant]
     ref = f"{repo}:{tag or variant.replace('_', '-')}"
     with tempfile.TemporaryDirectory(prefix="gantry-image-") as ctx:
-        c = Path(ctx)
-        shutil.copy(BUSYBOX, c / "busybox")
-        cgi = c / "www" / "cgi-bin"
-        cgi.mkdir(parents=True)
-        (c / "www" / "index.html").write_text(version + "\n")
-        (c / "www" / "health").write_text("ok\n")
-        for name, text in (("slow", SLOW_CGI), ("break", BREAK_CGI), ("env", ENV_CGI)):
-            (cgi / name).write_text(text)
-            (cgi / name).chmod(0o755)
-        (c / "entry.sh").write_text(APP_ENTRY)
-        (c / "entry.sh").chmod(0o755)
-        (c / "Dockerfile").write_text(DOCKERFILE.format(cmd=cmd))
-        _run(["docker", "build", "-q", "-t", ref, str(c)])
+        write_context(Path(ctx), variant)
+        _run(["docker", "build", "-q", "-t", ref, ctx])
     if push:
         _run(["docker", "push", "-q", ref])
     return ref
@@ -329,8 +522,9 @@ def build_test_images() -> dict[str, str]:
     return {v: build_image(v) for v in VARIANTS}
 
 
-def _run(argv: list[str]) -> None:
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _run(argv: list[str], input: str | None = None) -> None:
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          input=input)
     if proc.returncode != 0:
         raise RigError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}")
 

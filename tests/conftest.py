@@ -42,6 +42,15 @@ def registry(docker_services) -> str:
 
 
 @pytest.fixture(scope="session")
+def auth_registry(docker_services, test_images, tmp_path_factory):
+    """A second registry, with TLS and a user (htpasswd); Docker config dirs for it: logged
+    in, wrong password, none (``.config(kind)``). Started by the first test that asks."""
+    registry = rig.start_auth_registry(tmp_path_factory.mktemp("auth-registry"))
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture(scope="session")
 def test_images(docker_services) -> dict[str, str]:
     """variant -> pushed reference: v1, v2, v3, never_ready, crash.
 

@@ -200,10 +200,10 @@ ERROR_CASES = [
      f'{P}.name: expected a Docker-safe name matching [a-z0-9][a-z0-9_.-]*, got ""'),
     ({"repo": "app:v1"},
      f'{P}.repo: expected a Docker repository without a tag, such as '
-     f'"localhost:5000/team/app", got "app:v1"'),
-    ({"repo": None},
-     f'{P}.repo: expected a Docker repository without a tag, such as '
-     f'"localhost:5000/team/app", got null'),
+     f'"localhost:5000/team/app" or null, got "app:v1"'),
+    ({"repo": None},  # null is no repo: then a build is needed
+     f'{P}.repo: missing (expected a Docker repository without a tag, such as '
+     f'"localhost:5000/team/app", or a "build")'),
     ({"tag": "v 1"},
      f'{P}.tag: expected a Docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]*, at most 128 characters), '
      f'got "v 1"'),
@@ -307,14 +307,14 @@ def test_missing_required_keys():
         ".gantry: components[0].name: missing (expected a Docker-safe name matching "
         "[a-z0-9][a-z0-9_.-]*)",
         '.gantry: components[0].repo: missing (expected a Docker repository without a tag, '
-        'such as "localhost:5000/team/app")',
+        'such as "localhost:5000/team/app", or a "build")',
     ]
 
 
 def test_unknown_key_without_suggestion_lists_the_keys():
     message = only_issue(config(comp(zzzzzz=1)))
     assert message.startswith('.gantry: components[0].zzzzzz: unknown key "zzzzzz"; '
-                              "expected one of: name, repo, tag, command,")
+                              "expected one of: name, repo, tag, build, autoUpdate, command,")
     assert message.endswith("stopTimeout, retainImages, rollout")
 
 
@@ -561,7 +561,9 @@ def test_to_dict_round_trips(data: dict[str, Any]):
 def test_to_dict_is_canonical_with_defaults():
     out = parse_config(config(comp())).to_dict()["components"][0]
     assert out == {
-        "name": "web", "repo": REPO, "tag": "latest", "command": [], "user": None, "ports": [],
+        "name": "web", "repo": REPO, "tag": "latest", "build": None, "autoUpdate": False,
+        "command": [],
+        "user": None, "ports": [],
         "readyChecks": [], "healthChecks": [], "readyTimeout": 60.0, "healthFailures": 3,
         "environmentVariables": [], "bindings": [], "volumesFrom": [], "privileged": False,
         "terminationSignals": [], "terminationChecks": [], "drainTimeout": 30.0,
@@ -599,8 +601,10 @@ def test_spec_hash_changes_with_what_a_container_is_made_of(fields: dict[str, An
 
 
 @pytest.mark.parametrize("fields", [
-    {"tag": "v2"}, {"drainTimeout": 1}, {"stopTimeout": 1}, {"readyTimeout": 1},
-    {"drainIdleTimeout": 1}, {"healthFailures": 9}, {"rollout": {"maxParallel": 4}},
+    {"tag": "v2"}, {"build": {"context": "app"}}, {"autoUpdate": True}, {"drainTimeout": 1},
+    {"stopTimeout": 1},
+    {"readyTimeout": 1}, {"drainIdleTimeout": 1}, {"healthFailures": 9},
+    {"rollout": {"maxParallel": 4}},
     {"readyChecks": [{"kind": "docker"}]}, {"healthChecks": [{"kind": "docker"}]},
     {"terminationSignals": [{"kind": "exec", "command": ["x"]}]},
     {"terminationChecks": [{"kind": "docker"}]},

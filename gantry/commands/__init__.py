@@ -2,5 +2,6 @@
 
 A group module has ``register(add)``, which adds its subparsers through ``cli.build_parser``'s
 ``add(name, help, description)``, and ``COMMANDS``: command name -> ``handler(args, life,
-component) -> exit status``.
+component) -> exit status``; or ``STANDALONE``: command name -> ``handler(args) -> exit
+status``, for a command that makes its own (``watch``: many files, many projects).
 """

@@ -5,10 +5,11 @@ See docs/config.md (generated from the field declarations in :mod:`gantry.config
 from .errors import ConfigError, ConfigIssue
 from .loader import load_config
 from .model import (
-    Binding, Check, Component, Config, EnvVar, Port, Rollout, TerminationSignal, parse_config,
+    Binding, Build, Check, Component, Config, EnvVar, Port, Rollout, TerminationSignal,
+    parse_config,
 )
 
 __all__ = [
-    "Binding", "Check", "Component", "Config", "ConfigError", "ConfigIssue", "EnvVar", "Port",
-    "Rollout", "TerminationSignal", "load_config", "parse_config",
+    "Binding", "Build", "Check", "Component", "Config", "ConfigError", "ConfigIssue", "EnvVar",
+    "Port", "Rollout", "TerminationSignal", "load_config", "parse_config",
 ]

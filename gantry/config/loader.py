@@ -94,6 +94,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                                  ) from None
     is_yaml = source.lower().endswith(YAML_SUFFIXES)
     data = _parse_yaml(text, source) if is_yaml else _parse_json(text, source)
-    config = parse_config(data, source)
+    # A relative build context is relative to the file, wherever gantry runs from.
+    config = parse_config(data, source).with_base_dir(os.path.dirname(os.path.abspath(source)))
     log.debug("loaded %s: components %s", source, ", ".join(config.names))
     return config

@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, ConfigIssue
 from .schema import (
-    Boolean, Choice, Integer, ListOf, Nullable, Obj, Reader, Seconds, Text, index, items, join,
+    Boolean, Choice, Integer, ListOf, MapOf, Nullable, Obj, Reader, Seconds, Text, index, items,
+    join,
     read_object, rule, show, spec, suggest, to_json, valid,
 )
 
@@ -40,6 +42,13 @@ POSITIVE = Integer(1, None, "an integer >= 1", "integer >= 1")
 SECONDS = Seconds()
 SECONDS_OR_ZERO = Seconds(allow_zero=True)
 COMMAND = ListOf(ARGUMENT, noun="strings")
+CONTEXT = Text("a directory path (relative to the config file's directory, or absolute)", "path",
+               pattern=r"[^\x00]+")
+IN_CONTEXT = Text('a path inside the build context (relative, without "..")', "relative path",
+                  pattern=r"(?!/)(?!(?:.*/)?\.\.(?:/|$))[^\x00]+")
+# No leading "-" (it would read as an option of git) and no ":" (gantry adds the sub-path).
+GIT_REF = Text('a git commit, branch or tag (not starting with "-", without ":" or spaces)',
+               "git ref", pattern=r"[^-:\s][^:\s]*")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,11 +78,28 @@ class Check:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ValueFrom:
+    """Where a secret's value is read, on the host, each time a container is created. Only
+    this reference is stored (etcd, the config hash); the value never is (docs/fleet.md,
+    "Secrets")."""
+
+    file: str | None = spec("file", ABS_PATH,
+                            "A file on the host: its content, trailing newlines removed.",
+                            default=None)
+    env: str | None = spec("env", ENV_NAME,
+                           "A variable of the environment of the process that creates the "
+                           "container (`gantry`, or `gantryd run`).", default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
 class EnvVar:
     """An environment variable of the container."""
 
     name: str = spec("name", ENV_NAME, "Variable name.")
-    value: str = spec("value", ENV_VALUE, "Value; must be a string.")
+    value: str | None = spec("value", ENV_VALUE, "Value; must be a string.", default=None)
+    value_from: ValueFrom | None = spec(
+        "valueFrom", Obj(ValueFrom),
+        "Read the value on the host when the container is created (a secret).", default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,12 +152,56 @@ class Rollout:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Build:
+    """An image built on this host from a Dockerfile (`gantry` only: fleet hosts deploy images
+    pinned by digest from a registry). Tagged `gantry/<project>/<component>:<content hash>`;
+    an unchanged context builds and redeploys nothing."""
+
+    context: str = spec("context", CONTEXT,
+                        "Directory sent to the builder; a relative path is relative to the "
+                        "config file's directory.", default=".")
+    dockerfile: str = spec("dockerfile", IN_CONTEXT, "The Dockerfile, inside the context.",
+                           default="Dockerfile")
+    args: tuple[tuple[str, str], ...] = spec(
+        "args", MapOf(ENV_NAME, ENV_VALUE, noun="build arguments (strings)"),
+        "Build arguments (`ARG`), as strings.", default=())
+    target: str | None = spec("target", Nullable(STRING),
+                              "Stage of a multi-stage Dockerfile to build; null: the last.",
+                              default=None)
+    ref: str | None = spec(
+        "ref", Nullable(GIT_REF),
+        "Take the context from this git commit, branch or tag of the repository the context "
+        "directory is in (`git archive`), not from the work tree; null: the directory as it "
+        "is.", default=None)
+    #: The config file's directory, which a relative context is relative to ("": the current
+    #: directory); set by the loader, not part of equality.
+    base_dir: str = field(default="", compare=False, repr=False)
+
+    @property
+    def context_dir(self) -> str:
+        """The context as a path (absolute when the config came from a file)."""
+        return os.path.join(self.base_dir, self.context) if self.base_dir else self.context
+
+
+@dataclass(frozen=True, kw_only=True)
 class Component:
     """One containerised service and how to roll it out."""
 
     name: str = spec("name", NAME, "Component name; used in container labels and route names.")
-    repo: str = spec("repo", REPO, "Image repository, e.g. `localhost:5000/team/app`.")
+    repo: str | None = spec("repo", Nullable(REPO),
+                            "Image repository, e.g. `localhost:5000/team/app`; required unless "
+                            "`build` is given.", default=None)
     tag: str = spec("tag", TAG, "Image tag; pinned to a digest when deployed.", default="latest")
+    build: Build | None = spec(
+        "build", Nullable(Obj(Build)),
+        "Build the image on this host from a Dockerfile instead of pulling `repo:tag` "
+        "(`gantry` only; `gantryd` refuses a component with `build` and no `repo`).",
+        default=None)
+    auto_update: bool = spec(
+        "autoUpdate", Boolean(),
+        "`gantryd serve`: a registry notification of a push to `repo:tag` rolls the pushed "
+        "digest out, as `gantryd update` would (docs/serve.md). Not part of the container "
+        "spec.", default=False)
     command: tuple[str, ...] = spec("command", COMMAND,
                                     "Command; empty means the image's own CMD/ENTRYPOINT.",
                                     default=())
@@ -198,8 +268,9 @@ class Component:
         return tuple(p for p in self.ports if p.kind == "http")
 
     def env_dict(self) -> dict[str, str]:
-        """The environment as a dict, in declaration order."""
-        return {e.name: e.value for e in self.environment}
+        """The literal environment as a dict, in declaration order; ``valueFrom`` variables
+        are left out (gantry.secret_env reads them on the host)."""
+        return {e.name: e.value for e in self.environment if e.value is not None}
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-able dict (camelCase, defaults filled); parses back to ``self``."""
@@ -222,6 +293,37 @@ class Component:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
+#: What a fleet notification can be about (gantryd/notify_events.py; docs/serve.md).
+NOTIFY_EVENTS = ("started", "completed", "failed", "halted", "reverted", "rolled-back",
+                 "remediation")
+HTTP_URL = Text("an http:// or https:// URL", "URL (`http://` or `https://`)",
+                pattern=r"https?://[^\s/?#]+(?:[/?#]\S*)?")
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class Notification:
+    """A receiver of fleet rollout events (gantryd only; docs/serve.md, "Notifications")."""
+
+    url: str = spec("url", HTTP_URL, "Where each event is POSTed.")
+    format: str = spec("format", Choice("json", "slack"),
+                       "`json`: the event as a JSON object; `slack`: `{\"text\": ...}` as a "
+                       "Slack incoming webhook takes it.", default="json")
+    secret: str | None = spec(
+        "secret", Nullable(STRING),
+        "When set, every delivery carries `X-Hub-Signature-256: sha256=<hex>`, the "
+        "HMAC-SHA256 of the raw body under this secret.", default=None)
+    events: tuple[str, ...] = spec(
+        "events", ListOf(Choice(*NOTIFY_EVENTS), min_items=1, noun="event kinds"),
+        "The kinds of event sent there.", default=NOTIFY_EVENTS)
+
+    def __repr__(self) -> str:
+        # The URL may itself be a credential (Slack's are): show the scheme and host only.
+        scheme, _, rest = self.url.partition("://") if isinstance(self.url, str) else ("", "", "")
+        host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+        return (f"Notification(url={scheme}://{host}/..., format={self.format!r}, "
+                f"secret={'***' if self.secret else None}, events={self.events!r})")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """A project's configuration: its components (the `.gantry` file)."""
@@ -229,6 +331,11 @@ class Config:
     components: tuple[Component, ...] = spec(
         "components", ListOf(Obj(Component), min_items=1, noun="components"),
         "The components of the project.")
+    notifications: tuple[Notification, ...] = spec(
+        "notifications", ListOf(Obj(Notification), noun="notification targets"),
+        "Where `gantryd run` sends rollout events: started, completed, host failed, halted, "
+        "reverted, rolled back, health remediation (one delivery per event fleet-wide).",
+        default=())
     #: Where the config came from, for messages; not part of equality.
     source: str = field(default="<config>", compare=False, repr=False)
 
@@ -251,6 +358,25 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-able dict (camelCase, defaults filled); parses back to ``self``."""
         return to_json(self)
+
+    def with_base_dir(self, base_dir: str) -> Config:
+        """The config with relative build contexts taken relative to ``base_dir`` (the
+        config file's directory)."""
+        return dataclasses.replace(self, components=tuple(
+            dataclasses.replace(c, build=dataclasses.replace(c.build, base_dir=base_dir))
+            if c.build is not None else c for c in self.components))
+
+    def check_fleet(self) -> None:
+        """ConfigError unless every component names a registry image: fleet hosts run images
+        pinned by digest at ``gantryd update``, never builds of their own."""
+        problems = [ConfigIssue(self.source, join(index("components", i), "build"),
+                                "gantryd cannot build images: fleet hosts deploy an image "
+                                "pinned by digest from a registry; give \"repo\" (and \"tag\") "
+                                "of the image built and pushed elsewhere, or deploy this "
+                                "component with the single-host gantry")
+                    for i, c in enumerate(self.components) if c.build is not None and not c.repo]
+        if problems:
+            raise ConfigError(problems)
 
 
 # --- cross-field rules (documented in the reference from their text) ------------------------
@@ -283,6 +409,32 @@ def _unique(ctx: Reader, entries: list[tuple[Any, str, str]], what: str) -> None
             seen[key] = label
 
 
+def _one_of(ctx: Reader, path: str, first: tuple[str, Any, str],
+            second: tuple[str, Any]) -> None:
+    """Exactly one of two optional keys, given as (key, value read[, what it expects])."""
+    (key1, value1, expected1), (key2, value2) = first, second
+    if value1 is None and value2 is None:
+        ctx.issue(join(path, key1), f'missing (expected {expected1}, or "{key2}")')
+    elif value1 is not None and value2 is not None:
+        ctx.issue(join(path, key2), f'give either "{key1}" or "{key2}", not both')
+
+
+@rule(EnvVar, "Exactly one of `value` and `valueFrom`.")
+def _env_value(var: EnvVar, path: str, ctx: Reader) -> None:
+    _one_of(ctx, path, ("value", var.value, ENV_VALUE.expected), ("valueFrom", var.value_from))
+
+
+@rule(ValueFrom, "Exactly one of `file` and `env`.")
+def _value_from(source: ValueFrom, path: str, ctx: Reader) -> None:
+    _one_of(ctx, path, ("file", source.file, ABS_PATH.expected), ("env", source.env))
+
+
+@rule(Component, "`repo` is required unless `build` is given.")
+def _repo_or_build(comp: Component, path: str, ctx: Reader) -> None:
+    if comp.repo is None and comp.build is None:
+        ctx.issue(join(path, "repo"), f'missing (expected {REPO.expected}, or a "build")')
+
+
 @rule(Component, "Environment variable names are unique; so are the container paths of "
                  "bindings.")
 def _component_unique(comp: Component, path: str, ctx: Reader) -> None:
@@ -308,6 +460,14 @@ def _config_unique(config: Config, path: str, ctx: Reader) -> None:
                 where = index(join(index("components", i), "ports"), j)
                 ports.append((p.external, join(where, "external"), where))
     _unique(ctx, ports, "external port")
+
+
+@rule(Config, "No two notifications have the same `url` and `format`.")
+def _notify_unique(config: Config, path: str, ctx: Reader) -> None:
+    _unique(ctx, [((n.url, n.format), join(index("notifications", i), "url"),
+                   index("notifications", i))
+                  for i, n in items(config.notifications) if valid(n.url, n.format)],
+            "notification target")
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:

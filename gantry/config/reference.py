@@ -1,6 +1,7 @@
 """Renders docs/config.md from the field table and rules (see scripts/gen_config_doc.py)."""
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any, Iterator
 
@@ -47,7 +48,9 @@ _SPEC_HASH = """\
 
 Containers are labelled with `io.gantry.config-hash`, a 16-hex-digit hash of what a container is
 created from: {keys}. The order of ports, environment variables and bindings does not matter.
-Changing anything else (`tag`, checks, timeouts, `rollout`) does not change the hash.
+Changing anything else (`tag`, checks, timeouts, `rollout`) does not change the hash. For a
+`valueFrom` variable the hash covers the reference (the file or variable name), never the value:
+a rotated secret changes no hash (see [fleet.md, "Secrets"](fleet.md#secrets)).
 """
 
 
@@ -73,6 +76,8 @@ def _classes(root: type) -> Iterator[type]:
 def _default(row: Any) -> str:
     if row.required:
         return "required"
+    if row.default is None and not isinstance(row.kind, Nullable):
+        return "optional"
     value = row.kind.dump(row.default)
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # 60 reads better than 60.0 in a reference
@@ -83,7 +88,7 @@ def render_reference() -> str:
     """The Markdown text of docs/config.md."""
     parts = [_INTRO]
     for cls in _classes(Config):
-        lines = [f"## {cls.__name__}", "", (cls.__doc__ or "").strip(), "",
+        lines = [f"## {cls.__name__}", "", inspect.cleandoc(cls.__doc__ or ""), "",
                  "| Key | Type | Default | Description |", "|---|---|---|---|"]
         lines += [f"| `{row.key}` | {row.kind.doc} | {_default(row)} | {row.doc} |"
                   for row in table(cls)]

@@ -202,9 +202,9 @@ class Choice(Scalar):
 
 
 class Nullable(Kind):
-    """``null`` or a value of the inner (scalar) kind."""
+    """``null`` or a value of the inner kind (a scalar, or an object read as its own)."""
 
-    def __init__(self, inner: Scalar):
+    def __init__(self, inner: Kind):
         self.inner = inner
         self.expected = f"{inner.expected} or null"
         self.doc = f"{inner.doc} or null"
@@ -212,6 +212,8 @@ class Nullable(Kind):
     def read(self, value: Any, path: str, ctx: Reader) -> Any:
         if value is None:
             return None
+        if not isinstance(self.inner, Scalar):
+            return self.inner.read(value, path, ctx)
         if not self.inner.accepts(value):
             return ctx.expected(path, self.expected, value)  # mention that null is fine too
         return self.inner.convert(value)
@@ -237,6 +239,35 @@ class ListOf(Kind):
 
     def dump(self, value: Any) -> Any:
         return [self.inner.dump(item) for item in value]
+
+
+class MapOf(Kind):
+    """A JSON object of free keys (each a ``key`` scalar), read into a tuple of (key, value)
+    pairs in file order; comment keys are skipped as in every object."""
+
+    def __init__(self, key: Scalar, value: Kind, noun: str = "entries"):
+        self.key, self.value = key, value
+        self.expected = f"an object of {noun}"
+        self.doc = f"object of {key.doc} to {value.doc}"
+
+    def read(self, value: Any, path: str, ctx: Reader) -> Any:
+        if not isinstance(value, dict):
+            return ctx.expected(path, self.expected, value)
+        for key in getattr(value, "duplicate_keys", ()):
+            ctx.issue(join(path, key), "key appears more than once")
+        pairs = []
+        for key, item in value.items():
+            if isinstance(key, str) and key.startswith(COMMENT_PREFIX):
+                continue
+            where = join(path, key)
+            if not self.key.accepts(key):
+                ctx.issue(where, f"expected {self.key.expected} as the key, got {show(key)}")
+                continue
+            pairs.append((key, self.value.read(item, where, ctx)))
+        return tuple(pairs)
+
+    def dump(self, value: Any) -> Any:
+        return {key: self.value.dump(item) for key, item in value}
 
 
 class Obj(Kind):
@@ -354,5 +385,15 @@ def read_object(cls: type, value: Any, path: str, ctx: Reader) -> Any:
 
 
 def to_json(obj: Any) -> dict[str, Any]:
-    """Canonical JSON-able dict of a config object: camelCase keys, defaults filled in."""
-    return {row.key: row.kind.dump(getattr(obj, row.attribute)) for row in table(obj.__class__)}
+    """Canonical JSON-able dict of a config object: camelCase keys, defaults filled in.
+
+    An optional key (default None, a kind without null) that was not given is left out:
+    null is no value of its kind, and the dict of a config without it stays what it was
+    before the key existed (its hashes too)."""
+    out = {}
+    for row in table(obj.__class__):
+        value = getattr(obj, row.attribute)
+        if value is None and not isinstance(row.kind, Nullable):
+            continue
+        out[row.key] = row.kind.dump(value)
+    return out

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 
-from .. import history as H
 from .. import deploy, revisions
 from ..store import Store
 
@@ -45,15 +44,11 @@ def _changes(entry: dict[str, Any]) -> str:
 def cmd_history(args: argparse.Namespace, store: Store) -> int:
     from tabulate import tabulate
     names = list(args.components or store.require_config().names)
-    out = {}
-    for name in names:
-        out[name] = H.rows(store.history(name), store.desired(name),
-                           revisions.done(store, name), store.events(name), args.limit)
-    log = [e for e in revisions.config_log(store) if not args.components or set(names) & {
-        n for what in ("added", "changed", "removed") for n in e.get(what) or ()}]
+    doc = revisions.report(store, names, args.limit, only=bool(args.components))
     if args.json:
-        print(json.dumps({"components": out, "config": log}, indent=2))
+        print(json.dumps(doc, indent=2))
         return 0
+    out, log = doc["components"], doc["config"]
     table = [[name, f"r{r['revision']}", r["at"], r["actor"], r["cause"], _short(r["image"]),
               r["configHash"] or "-", r["outcome"]] for name, rows in out.items() for r in rows]
     print(tabulate(table, headers=["COMPONENT", "REV", "TIME", "ACTOR", "CAUSE", "IMAGE",

@@ -57,7 +57,7 @@ def cmd_serve(args: argparse.Namespace, etcd: E.Etcd, prefix: str) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("gantryd serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    token = read_secret(args.token_file or os.environ.get(ENV_TOKEN_FILE), "token")
+    token = read_secret(args.token_file or os.environ.get(ENV_TOKEN_FILE) or None, "token")
     secret = read_secret(args.webhook_secret_file, "webhook secret")
     ctx = ServeContext(etcd=etcd, prefix=prefix, token=token,
                        webhook_secret=secret.encode() if secret else None,

@@ -13,13 +13,14 @@ import hmac
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet import threads
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from gantry.config import ConfigError
 from gantry.errors import GantryError
@@ -33,6 +34,7 @@ from ..store import Conflict, Store, StoreError
 log = logging.getLogger("gantryd.serve")
 
 MAX_BODY = 1 << 20  # bytes; registry envelopes and webhook bodies are far smaller
+LINGER = 5.0  # seconds a refused connection is read (and dropped) before it is cut
 
 
 class HttpError(Exception):
@@ -48,7 +50,9 @@ class HttpError(Exception):
 @dataclass(frozen=True)
 class Req:
     """One request, decoded: path segments, the first value of each query parameter,
-    lower-case header names, the raw body and the parameters of the matched pattern."""
+    lower-case header names, the raw body and the parameters of the matched pattern; the
+    client's address, and `gone`, set when the client hung up before its answer (a long
+    poll stops waiting)."""
 
     method: str
     path: tuple[str, ...]
@@ -56,6 +60,8 @@ class Req:
     headers: dict[str, str]
     body: bytes
     params: dict[str, str] = field(default_factory=dict)
+    client: str = ""
+    gone: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     def json(self) -> Any:
         """The body as JSON (HttpError 400 when it is not)."""
@@ -95,6 +101,9 @@ class ServeContext:
     webhook_secret: bytes | None = None  # HMAC key of /v1/hooks/generic; None: refused
     docker_url: str | None = None  # the engine asked to resolve tags (update)
     extra: dict[str, Any] = field(default_factory=dict)  # per-module state (metrics...)
+    # Set when the server shuts down: long polls answer at once instead of holding the
+    # thread pool (which shutdown joins) until their timeout.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def store(self, project: str) -> Store:
         """The project's store; 404 for a bad name (no key is ever built from it)."""
@@ -153,22 +162,92 @@ class Routes:
 
 
 class LimitedRequest(server.Request):
-    """A request whose body stops being kept past MAX_BODY (answered 413, not buffered)."""
+    """A request whose body is refused (413) as soon as it is known to be over MAX_BODY:
+    from its Content-Length, or once its chunks pass it; the rest is not kept."""
 
     too_big = False
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > MAX_BODY:
-            self.too_big = True
+            self._too_big()
         super().gotLength(length if not self.too_big else 0)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.too_big:
             return
         if self.content.tell() + len(data) > MAX_BODY:
-            self.too_big = True
+            self._too_big()
             return
         super().handleContentChunk(data)
+
+    def _too_big(self) -> None:
+        self.too_big = True
+        refuse = getattr(self.channel, "refuse", None)
+        if refuse is not None:  # answered now, not after the whole body was sent
+            refuse(413, f"request body over {MAX_BODY} bytes")
+
+    def process(self) -> None:
+        if not getattr(self.channel, "refused", False):  # else: answered already
+            super().process()
+
+
+class Channel(http.HTTPChannel):
+    """Twisted's HTTP channel, answering what it cannot parse (a request line or a header
+    line over MAX_LENGTH, too many headers, a malformed request) with a JSON error where
+    Twisted would close the connection silently or answer a bare 400. The close is
+    graceful: our side is shut and what the client still sends is read and dropped for a
+    moment, so that the answer is not lost to a TCP reset."""
+
+    refused = False
+    _linger: Any = None
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if getattr(self, "_HTTPChannel__first_line", False):
+            self.refuse(414, f"the request line is over {self.MAX_LENGTH} bytes")
+        else:
+            self.refuse(431, f"a header line is over {self.MAX_LENGTH} bytes")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.refuse(400, "malformed HTTP request (request line, headers or body framing)")
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.refused:
+            super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self.refused:  # the rest of a buffer parsed after a refusal
+            super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self.refused:
+            super().rawDataReceived(data)
+
+    def _send100Continue(self) -> None:
+        if not self.refused:  # a body too big was refused from its Content-Length
+            super()._send100Continue()
+
+    def connectionLost(self, reason: Any) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        super().connectionLost(reason)
+
+    def refuse(self, status: int, message: str) -> None:
+        """Answer `status` with `{"error": message}` now, and close."""
+        if self.refused:
+            return
+        self.refused = True
+        body = json.dumps({"error": message}).encode() + b"\n"
+        reason = http.RESPONSES.get(status, b"Error")
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\nserver: gantryd"
+                             b"\r\n\r\n%s" % (status, reason, len(body), body))
+        self.setTimeout(None)
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is None:  # TLS: its own orderly shutdown
+            self.transport.loseConnection()
+            return
+        half_close()
+        self._linger = self.callLater(LINGER, self.transport.abortConnection)
 
 
 class ServeResource(resource.Resource):
@@ -187,6 +266,7 @@ class ServeResource(resource.Resource):
         except HttpError as exc:
             self._write(request, _error_reply(exc))
             return server.NOT_DONE_YET
+        request.notifyFinish().addErrback(lambda _: req.gone.set())
         d = threads.deferToThread(_call, handler, self.ctx, req)
         d.addCallback(lambda reply: self._write(request, reply))
         return server.NOT_DONE_YET
@@ -202,13 +282,18 @@ class ServeResource(resource.Resource):
                 keep_blank_values=True, strict_parsing=False).items()}
         except (UnicodeDecodeError, ValueError):
             raise HttpError(400, "the request line is not UTF-8") from None
-        segments = tuple(unquote(p) for p in path.split("/") if p)
-        handler, params = self.routes.match(method, "/" + "/".join(segments))
+        # Matched on the segments as sent: an encoded slash (%2F) stays inside its segment.
+        raw = [p for p in path.split("/") if p]
+        handler, params = self.routes.match(method, "/" + "/".join(raw))
+        params = {k: unquote(v) for k, v in params.items()}
+        segments = tuple(unquote(p) for p in raw)
         headers = {k.decode("latin-1").lower(): v[0].decode("latin-1")
                    for k, v in request.requestHeaders.getAllRawHeaders()}
         request.content.seek(0)
         body = request.content.read()
-        return Req(method, segments, query, headers, body, params), handler
+        peer = request.getClientAddress()
+        client = getattr(peer, "host", "") or str(peer)
+        return Req(method, segments, query, headers, body, params, client), handler
 
     @staticmethod
     def _write(request: server.Request, reply: Reply) -> None:
@@ -218,6 +303,7 @@ class ServeResource(resource.Resource):
         request.setHeader(b"content-type", reply.content_type.encode())
         request.setHeader(b"content-length", str(len(reply.body)).encode())
         request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"server", b"gantryd")  # not Twisted's name and version
         for name, value in reply.headers.items():
             request.setHeader(name.encode(), value.encode())
         if request.method != b"HEAD":

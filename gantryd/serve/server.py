@@ -7,7 +7,7 @@ from typing import Any
 from twisted.web import server
 
 from . import api, hooks, metrics, page
-from .app import LimitedRequest, Routes, ServeContext, ServeResource
+from .app import Channel, LimitedRequest, Routes, ServeContext, ServeResource
 
 log = logging.getLogger("gantryd.serve")
 
@@ -22,6 +22,7 @@ def build_site(ctx: ServeContext) -> server.Site:
         module.register(routes, ctx)
     site = server.Site(ServeResource(ctx, routes))
     site.requestFactory = LimitedRequest
+    site.protocol = Channel  # HTTP/1.1 only; JSON answers to what Twisted cannot parse
     site.displayTracebacks = False
     return site
 
@@ -54,6 +55,8 @@ def run(ctx: ServeContext, address: str, tls_cert: str | None = None,
     """Serve until SIGINT/SIGTERM."""
     from twisted.internet import reactor
     reactor.suggestThreadPoolSize(THREADS)
+    # Before the thread pool is joined: long polls answer now rather than at their timeout.
+    reactor.addSystemEventTrigger("before", "shutdown", ctx.stopping.set)
     port = listen(reactor, build_site(ctx), address, tls_cert, tls_key)
     where = port.getHost()
     log.info("serving on %s://%s:%d", "https" if tls_cert else "http", where.host, where.port)

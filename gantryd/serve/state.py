@@ -44,6 +44,8 @@ def component_state(store: Store, name: str, doc: dict[str, Any]) -> dict[str, A
         "status": status,
         "version": version_label(desired.image if desired else None, tags),
         "cause": H.cause_of(desired) if desired else None,
+        "halted": desired.halted.to_json() if desired is not None and desired.is_halted
+        else None,
         "progress": {"done": progress.done,
                      "failed": ({"machine": progress.failed[0], "error": progress.failed[1]}
                                 if progress.failed else None),
@@ -55,10 +57,14 @@ def component_state(store: Store, name: str, doc: dict[str, Any]) -> dict[str, A
     }
 
 
+def component_doc(store: Store, name: str) -> dict[str, Any]:
+    """One component as `project_state` shows it."""
+    docs, _, _ = snapshot(store, [name])
+    return component_state(store, name, docs[name])
+
+
 def project_state(store: Store) -> dict[str, Any]:
     """The whole project: `{"project", "components": [component_state...]}` in config
     order (StoreError when it has no config)."""
-    names = list(store.require_config().names)
-    docs, _, _ = snapshot(store, names)
     return {"project": store.project,
-            "components": [component_state(store, n, docs[n]) for n in names]}
+            "components": [component_doc(store, n) for n in store.require_config().names]}

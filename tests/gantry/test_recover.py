@@ -163,3 +163,27 @@ def test_a_crashing_new_version_is_not_restarted_by_the_engine(life, docker_clie
     (live,) = project_containers(docker_client, project)
     assert live.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     assert request(target(c)) == (True, "v1")
+
+
+def test_an_interrupt_after_the_switch_leaves_the_new_container_serving(life, docker_client,
+                                                                        project, monkeypatch):
+    """Ctrl-C (or the SIGTERM of `gantry watch`) once the routes point at the new container:
+    it must stay (removing it would leave the routes on nothing); the next command finishes."""
+    v1 = make_component(tag="v1")
+    first = life.update(v1).container
+
+    def interrupted(container_id: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(life, "_keep_up", interrupted)
+    try:
+        life.update(variant(v1, tag="v2"))
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the injected interrupt did not reach the update")
+    assert request(target(v1)) == (True, "v2")
+    monkeypatch.undo()
+    life.recover(v1)  # the old one is drained and removed
+    (only,) = project_containers(docker_client, project)
+    assert only.id != first.id and request(target(v1)) == (True, "v2")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -27,7 +27,7 @@ import loadgen  # noqa: E402  (scripts/)
 import rig  # noqa: E402
 from rig import wait_for  # noqa: E402,F401  (re-exported to the fleet tests)
 from gantry_helpers import forget_local_images  # noqa: E402  (tests/gantry/)
-from gantryd.etcd import Etcd  # noqa: E402
+from gantryd.etcd import Credentials, Etcd  # noqa: E402
 from gantryd.store import Store  # noqa: E402
 from proxy.keeper import KeeperClient  # noqa: E402
 from proxy.paths import keeper_socket_path  # noqa: E402
@@ -48,15 +48,22 @@ def component(test_images: dict[str, str], variant: str = "v1", port: int = 8080
 
 
 class Fleet:
-    """Simulated hosts of one project plus the gantryd CLI, all against real services."""
+    """Simulated hosts of one project plus the gantryd CLI, all against real services.
 
-    def __init__(self, endpoints: list[str], project: str, base: Path):
+    A secured etcd: ``options`` (e.g. ``--ca-cert``, ``--user``) go to every gantryd command
+    line, ``env`` into its environment, and ``credentials`` serve the fleet's own client."""
+
+    def __init__(self, endpoints: list[str], project: str, base: Path,
+                 options: Sequence[str] = (), env: dict[str, str] | None = None,
+                 credentials: Credentials | None = None):
         self.endpoints = endpoints
         self.project = project
         self.base = base
         self.port = rig.free_port()  # the component's external port on every host
         self.procs: dict[str, subprocess.Popen] = {}
-        self.etcd = Etcd(endpoints)
+        self.options = list(options)
+        self.env = env or {}
+        self.etcd = Etcd(endpoints, credentials)
         self.store = Store(self.etcd, project)
 
     # -- environment -----------------------------------------------------------------------
@@ -72,6 +79,7 @@ class Fleet:
                    GANTRY_PROXY_STATE=str(d / "proxy-state.json"),
                    GANTRY_LOCK_DIR=str(d / "locks"), PYTHONUNBUFFERED="1")
         env.pop("GANTRYD_ETCD", None)
+        env.update(self.env)
         return env
 
     def write_config(self, *components: dict[str, Any]) -> Path:
@@ -83,7 +91,7 @@ class Fleet:
     def cli(self, *args: str, check: bool = True, endpoints: list[str] | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-m", "gantryd", "--etcd", ",".join(endpoints or self.endpoints),
-                *args]
+                *self.options, *args]
         proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
                               env=self.host_env("cli"))
         if check and proc.returncode != 0:
@@ -106,10 +114,13 @@ class Fleet:
         assert proc.returncode == 0, f"wait: {proc.returncode}\n{proc.stderr}\n{self.logs()}"
 
     # -- hosts -----------------------------------------------------------------------------
-    def start(self, name: str, *components: str, endpoints: list[str] | None = None) -> None:
+    def start(self, name: str, *components: str, endpoints: list[str] | None = None,
+              options: Sequence[str] | None = None) -> None:
+        """Start host `name` (`options`: its connection options instead of the fleet's)."""
         d = self.host_dir(name)
         log = open(d / "gantryd.log", "ab")
         argv = [sys.executable, "-m", "gantryd", "--etcd", ",".join(endpoints or self.endpoints),
+                *(self.options if options is None else options),
                 "run", self.project, "-c", *(components or ("web",)), "--machine", name,
                 "--proxy-socket", str(d / "proxy.sock"), "--proxy-state",
                 str(d / "proxy-state.json"), "--proxy-bind", HOSTS[name],
@@ -225,10 +236,12 @@ def containers(docker_client, project: str, machine: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def private_copy(docker_client, variant: str, project: str) -> Iterator[tuple[str, str]]:
-    """The test image `variant` pushed to a repository of `project` alone, with no local
-    reference: every host must pull it. Answers (repo, tag); forgotten locally at the end."""
-    repo = f"{rig.REGISTRY}/gantry-test/pull-{project}"
+def private_copy(docker_client, variant: str, project: str,
+                 registry: str = rig.REGISTRY) -> Iterator[tuple[str, str]]:
+    """The test image `variant` pushed to a repository of `project` alone (on `registry`,
+    `localhost:PORT`), with no local reference: every host must pull it. Answers (repo, tag);
+    forgotten locally at the end."""
+    repo = f"{registry}/gantry-test/pull-{project}"
     docker_client.images.get(rig.image_ref(variant)).tag(repo, variant)
     docker_client.images.push(repo, tag=variant)
     forget_local_images(docker_client, repo)
@@ -251,13 +264,14 @@ def process_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def open_fleet(endpoints: list[str], project: str, on_exit: Callable[[Fleet], None] | None = None
-               ) -> Iterator[Fleet]:
+def open_fleet(endpoints: list[str], project: str, on_exit: Callable[[Fleet], None] | None = None,
+               **secured: Any) -> Iterator[Fleet]:
     """A Fleet in a temp dir of its own; its daemons and proxies are stopped at the end
-    (containers are left to the caller). ``on_exit`` sees the fleet before it closes."""
+    (containers are left to the caller). ``on_exit`` sees the fleet before it closes;
+    ``secured``: Fleet's options, env and credentials."""
     # Short paths: unix socket paths are limited to ~107 bytes.
     base = Path(tempfile.mkdtemp(prefix="gd-"))
-    f = Fleet(endpoints, project, base)
+    f = Fleet(endpoints, project, base, **secured)
     try:
         yield f
         if on_exit is not None:

@@ -512,14 +512,9 @@ def kill9_proxy(run: Run) -> str:
     run.roll("v2")
     victim = wait_for(lambda: next((h for _, h, _ in f.store.holders("web")), None), 30,
                       "a slot holder")
-    sock = f.host_env(victim)["GANTRY_PROXY_SOCKET"]
-    from proxy.client import ProxyClient, ProxyError
-    client = ProxyClient(sock, timeout=2)
-    pid = client.ping()["pid"]
+    from proxy.client import ProxyError
+    client, pid, in_flight = kill_proxy(f, run.load, victim)
     target = f.address(victim)
-    ended = run.load.ended(target)
-    os.kill(pid, signal.SIGKILL)
-    in_flight = run.load.in_flight_since(target, ended)
 
     def restarted() -> bool:
         try:
@@ -554,15 +549,11 @@ def corrupt_proxy_state(run: Run) -> str:
     f = run.fleet
     victim = "h2"
     env = f.host_env(victim)
-    from proxy.client import ProxyClient, ProxyError
-    client = ProxyClient(env["GANTRY_PROXY_SOCKET"], timeout=2)
-    pid = client.ping()["pid"]
+    from proxy.client import ProxyError
     target = f.address(victim)
     Path(env["GANTRY_PROXY_STATE"]).write_text("{not json")
-    ended = run.load.ended(target)
     killed = time.monotonic()
-    os.kill(pid, signal.SIGKILL)
-    in_flight = run.load.in_flight_since(target, ended)
+    client, pid, in_flight = kill_proxy(f, run.load, victim)
 
     def restored() -> bool:
         try:
@@ -590,6 +581,18 @@ def corrupt_proxy_state(run: Run) -> str:
     run.note = (f"{failed} requests failed through {victim}'s proxy, of {in_flight} in flight "
                 f"at its kill -9; 0 refused; route restored {back:.1f} s after the kill")
     return "state set aside; route restored; rolled out"
+
+
+def kill_proxy(f: Fleet, load: loadgen.Load, host: str) -> tuple[Any, int, int]:
+    """kill -9 of `host`'s proxy under `load`: its control client, the pid killed, and the
+    requests through it in flight at the kill (an upper bound: those may fail, no other)."""
+    from proxy.client import ProxyClient
+    client = ProxyClient(f.host_env(host)["GANTRY_PROXY_SOCKET"], timeout=2)
+    pid = client.ping()["pid"]
+    target = f.address(host)
+    ended = load.ended(target)
+    os.kill(pid, signal.SIGKILL)
+    return client, pid, load.in_flight_since(target, ended)
 
 
 def proxy_upgrade(run: Run) -> str:
@@ -672,12 +675,7 @@ def dockerd_restart(run: Run) -> str:
     """dockerd is restarted (SIGTERM, then started again) between two rollouts."""
     live_restore = _docker_info("{{.LiveRestoreEnabled}}") == "true"
     before = run.load.failed
-    pid = int(subprocess.run(["pidof", "dockerd"], capture_output=True, text=True,
-                             check=True).stdout.split()[0])
-    os.kill(pid, signal.SIGTERM)
-    # Wait for the process itself: it stops answering before it has removed its pid file.
-    wait_for(lambda: not process_alive(pid), 60, "dockerd to exit")
-    rig.ensure_dockerd()
+    restart_dockerd()
     try:
         wait_for(lambda: set(run.serving().values()) == {"v1"}, 60)
     except AssertionError:
@@ -695,6 +693,16 @@ def dockerd_restart(run: Run) -> str:
         run.note = (f"{run.excused} requests failed while the engine (without live-restore) "
                     "was down and its containers stopped")
     return "recovered; next rollout done"
+
+
+def restart_dockerd() -> None:
+    """Stop dockerd (SIGTERM) and start it again (the rig's way); returns once it answers."""
+    pid = int(subprocess.run(["pidof", "dockerd"], capture_output=True, text=True,
+                             check=True).stdout.split()[0])
+    os.kill(pid, signal.SIGTERM)
+    # Wait for the process itself: it stops answering before it has removed its pid file.
+    wait_for(lambda: not process_alive(pid), 60, "dockerd to exit")
+    rig.ensure_dockerd()
 
 
 def _docker_info(fmt: str) -> str:
