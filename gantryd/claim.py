@@ -121,3 +121,22 @@ def _taken(machine: str, holder: Claimant | None, ttl: int) -> str:
     return (f"machine name {machine!r} is already used by {who}. Two daemons must not share "
             f"a name: give this one another --machine, or stop the other one (its claim ends "
             f"with it, at most {ttl} s after it dies)")
+
+
+def claim_at_start(store: Store, components: Sequence[str], machine: str, ttl: int,
+                   me: Claimant) -> E.Lease | None:
+    """A lease with `machine` claimed on it, taken before the daemon starts anything (its
+    proxy included); None when etcd does not answer now (the daemon's loop claims later).
+    MachineTaken when another live daemon holds the name."""
+    try:
+        lease = store.etcd.lease(ttl)
+    except E.EtcdUnavailable:
+        return None
+    try:
+        claim(store, components, machine, lease.id, me, ttl)
+    except BaseException as exc:
+        lease.revoke()
+        if isinstance(exc, E.EtcdUnavailable):
+            return None
+        raise
+    return lease

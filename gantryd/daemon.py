@@ -21,7 +21,7 @@ from . import etcd as E
 from . import rollout as R
 from . import freeze, revisions, split
 from .endpoints import Publisher
-from .claim import Claimant, MachineTaken, claim
+from .claim import Claimant, MachineTaken, claim, claim_at_start
 from .health import HealthWatch
 from .notify import Notifier
 from .pulls import Pulls
@@ -56,7 +56,8 @@ class Daemon:
                  lease_ttl: int = 15, resync_interval: float = RESYNC_INTERVAL,
                  repair: Callable[[], None] | None = None,
                  proxy_pid: Callable[[], int | None] | None = None,
-                 advertise: str | None = None):
+                 advertise: str | None = None, lease: E.Lease | None = None,
+                 claimant: Claimant | None = None):
         self.store = store
         self.components = list(dict.fromkeys(components))
         self.machine = machine
@@ -65,8 +66,8 @@ class Daemon:
         self.resync_interval = resync_interval
         self.stopping = threading.Event()
         self.wake = threading.Event()
-        self.lease: E.Lease | None = None
-        self.claimant = Claimant.me()  # who we are, in our machine-name claim
+        self.lease: E.Lease | None = lease  # taken with our name claimed (claim_at_start)
+        self.claimant = claimant or Claimant.me()  # who we are, in our machine-name claim
         self.reported: dict[str, MachineStatus] = {}
         self.outcomes: dict[str, _Outcome] = {}
         self.canary: dict[str, int] = {}  # component -> desired revision when first seen
@@ -505,6 +506,9 @@ def run(store: Store, components: Sequence[str], machine: str, proxy_socket: str
         unknown = [c for c in components if c not in config.names]
         if unknown:
             log.warning("components %s are not in the stored config (yet)", ", ".join(unknown))
+    # Refuse before anything starts (the proxy included) when the name is someone else's.
+    me = Claimant.me()
+    lease = claim_at_start(store, components, machine, lease_ttl, me)
     docker_client = docker_connect(docker_url)
     proxy_client = ensure_running(proxy_socket, proxy_state)
     host = Host(docker_client, proxy_client, store.project, machine,
@@ -512,7 +516,7 @@ def run(store: Store, components: Sequence[str], machine: str, proxy_socket: str
     daemon = Daemon(store, components, machine, Lifecycle(host), lease_ttl=lease_ttl,
                     repair=lambda: ensure_running(proxy_socket, proxy_state),
                     proxy_pid=lambda: ProxyClient(proxy_socket, timeout=5).ping()["pid"],
-                    advertise=advertise)
+                    advertise=advertise, lease=lease, claimant=me)
     _on_signals(daemon.stop)
     daemon.run()
     return 0

@@ -37,6 +37,7 @@ def test_second_daemon_with_the_same_name_refuses(fleet, test_images, tmp_path):
     assert twin.returncode == 1, twin.stderr
     assert f"pid {holder}" in twin.stderr and "already used" in twin.stderr, twin.stderr
     assert "Traceback" not in twin.stderr
+    assert not (tmp_path / "twin" / "proxy.sock").exists()  # refused before starting a proxy
     # The first one was left alone: still running, still the holder.
     assert fleet.procs["h1"].poll() is None
     claim = json.loads(fleet.etcd.get(fleet.store.keys.claim("web", "h1")).value)
