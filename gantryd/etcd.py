@@ -239,6 +239,13 @@ def _unreachable(exc: BaseException | None, tls: bool) -> _Unreachable:
     return _Unreachable(details.rsplit(": ", 1)[-1] or exc.code().name, False)
 
 
+def _channel_closed(exc: grpc.RpcError) -> bool:
+    """A call cancelled because another thread gave its client up (Etcd.failed closed the
+    channel under it): another endpoint may answer."""
+    return (exc.code() == grpc.StatusCode.CANCELLED
+            and "channel closed" in (exc.details() or "").lower())
+
+
 # etcd's answers to a token it no longer accepts: authenticating again fixes them.
 _STALE_TOKEN = ("invalid auth token", "revision of auth store is old")
 
@@ -420,6 +427,10 @@ class Etcd:
                     with self._lock:
                         self._index = (self._index + 1) % len(self.endpoints)
             except grpc.RpcError as exc:
+                if _channel_closed(exc):  # as the ValueError above, but mid-call
+                    failures.append((endpoint, _unreachable(exc, self.tls)))
+                    self.failed(client)
+                    continue
                 if self.credentials.user and _stale_token(exc) and not renewed:
                     renewed = True  # once: a token refused again is a real refusal
                     stale = (client, token)

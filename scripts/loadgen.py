@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass
@@ -40,6 +41,9 @@ class Load:
         self._stop = threading.Event()
         self._timeout = timeout
         self._pause = pause
+        # Called (target, path, why, began: its time.monotonic()) on every failed request,
+        # from the worker's thread, once the request is counted.
+        self.on_failure: Callable[[tuple[str, int], str, str, float], None] | None = None
         self._threads = [threading.Thread(target=self._run, args=(t, "/", False), daemon=True)
                          for t in targets for _ in range(short_workers)]
         slow_path = f"/cgi-bin/slow?s={slow_seconds}"
@@ -68,6 +72,7 @@ class Load:
         while not self._stop.is_set():
             with self._lock:
                 self.stats[target].started += 1
+            began = time.monotonic()
             ok, answer = request(target, path, self._timeout)
             with self._lock:
                 s = self.stats[target]
@@ -81,6 +86,8 @@ class Load:
                     s.refused += answer.startswith(ConnectionRefusedError.__name__)
                     if len(s.errors) < 20:
                         s.errors.append(f"{time.strftime('%H:%M:%S')} {path}: {answer}")
+            if not ok and self.on_failure is not None:
+                self.on_failure(target, path, answer, began)
             if self._pause:
                 self._stop.wait(self._pause)
 
@@ -99,11 +106,6 @@ class Load:
     def refused(self) -> int:
         with self._lock:
             return sum(s.refused for s in self.stats.values())
-
-    def counts(self) -> dict[tuple[str, int], tuple[int, int, int]]:
-        """(sent, failed, refused) so far per target, all read at one instant."""
-        with self._lock:
-            return {t: (s.sent, s.failed, s.refused) for t, s in self.stats.items()}
 
     def ended(self, target: tuple[str, int]) -> int:
         """Requests to `target` that have ended so far."""

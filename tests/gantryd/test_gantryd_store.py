@@ -1,6 +1,7 @@
 """gantryd.etcd, gantryd.keys and gantryd.store against the real (session) etcd."""
 from __future__ import annotations
 
+import socket
 import threading
 
 import pytest
@@ -49,6 +50,30 @@ def test_failover_to_a_live_endpoint(etcd, project):
         assert client.get(f"/t/{project}").value == b"x"
     finally:
         client.close()
+
+
+def test_a_call_cut_by_another_threads_failover_goes_on(etcd, project):
+    """Another thread gives the endpoint up (failed(): its channel closed) while our call is
+    on it: the call, cancelled ("Channel closed!"), goes on to the next endpoint. Seen in
+    the chaos run when an etcd member was killed under a multi-threaded client."""
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        client = E.Etcd([f"127.0.0.1:{silent.getsockname()[1]}", *etcd.endpoints], timeout=60)
+        stuck, _ = client.current()
+
+        def give_up() -> None:
+            conn, _ = silent.accept()  # our call is connecting: cut it
+            client.failed(stuck)
+            conn.close()
+        cutter = threading.Thread(target=give_up, daemon=True)
+        cutter.start()
+        try:
+            client.put(f"/t/{project}", b"x")
+            assert client.get(f"/t/{project}").value == b"x"
+        finally:
+            client.close()
+        cutter.join(5)
 
 
 def test_no_endpoint_answers():
