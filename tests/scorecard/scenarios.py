@@ -512,32 +512,16 @@ def kill9_proxy(run: Run) -> str:
     run.roll("v2")
     victim = wait_for(lambda: next((h for _, h, _ in f.store.holders("web")), None), 30,
                       "a slot holder")
-    from proxy.client import ProxyError
     client, pid, in_flight = kill_proxy(f, run.load, victim)
-    target = f.address(victim)
-
-    def restarted() -> bool:
-        try:
-            return client.ping()["pid"] != pid
-        except (ProxyError, OSError):
-            return False
     try:
-        wait_for(restarted, 30, "the proxy to be restarted")
+        wait_for(lambda: _restarted(client, pid), 30, "the proxy to be restarted")
     except AssertionError:
         raise Miss(f"{victim}'s proxy was not restarted") from None
     # Routes restored: the host serves again (v1 or v2, depending on where the kill landed).
     wait_for(lambda: f.answers(victim) in ("v1", "v2"), 30, "the restarted proxy to serve")
     run.wait_done()
     run.expect_serving("v2")
-    failed, refused = run.load.stats[target].failed, run.load.refused
-    if refused:
-        raise Miss(f"{refused} connections refused")
-    if failed > in_flight:
-        raise Miss(f"{failed} requests failed through {victim}, more than the {in_flight} "
-                   "in flight at its proxy's kill -9")
-    run.excused = failed
-    run.note = (f"{failed} requests failed through {victim}'s proxy, of {in_flight} in flight "
-                "at its kill -9; 0 refused")
+    _excuse_proxy_kill(run, victim, in_flight)
     return "rolled out; proxy restarted"
 
 
@@ -549,19 +533,12 @@ def corrupt_proxy_state(run: Run) -> str:
     f = run.fleet
     victim = "h2"
     env = f.host_env(victim)
-    from proxy.client import ProxyError
-    target = f.address(victim)
     Path(env["GANTRY_PROXY_STATE"]).write_text("{not json")
     killed = time.monotonic()
     client, pid, in_flight = kill_proxy(f, run.load, victim)
-
-    def restored() -> bool:
-        try:
-            return client.ping()["pid"] != pid and bool(client.routes())
-        except (ProxyError, OSError):
-            return False
     try:
-        wait_for(restored, 30, "the proxy to be restarted with its route")
+        wait_for(lambda: _restarted(client, pid, with_routes=True), 30,
+                 "the proxy to be restarted with its route")
     except AssertionError:
         raise Miss(f"{victim}'s proxy did not come back with its route") from None
     back = time.monotonic() - killed
@@ -571,15 +548,8 @@ def corrupt_proxy_state(run: Run) -> str:
     run.roll("v2")
     run.wait_done()
     run.expect_serving("v2")
-    failed, refused = run.load.stats[target].failed, run.load.refused
-    if refused:
-        raise Miss(f"{refused} connections refused")
-    if failed > in_flight:
-        raise Miss(f"{failed} requests failed through {victim}, more than the {in_flight} "
-                   "in flight at its proxy's kill -9")
-    run.excused = failed
-    run.note = (f"{failed} requests failed through {victim}'s proxy, of {in_flight} in flight "
-                f"at its kill -9; 0 refused; route restored {back:.1f} s after the kill")
+    _excuse_proxy_kill(run, victim, in_flight)
+    run.note += f"; route restored {back:.1f} s after the kill"
     return "state set aside; route restored; rolled out"
 
 
@@ -593,6 +563,29 @@ def kill_proxy(f: Fleet, load: loadgen.Load, host: str) -> tuple[Any, int, int]:
     ended = load.ended(target)
     os.kill(pid, signal.SIGKILL)
     return client, pid, load.in_flight_since(target, ended)
+
+
+def _restarted(client: Any, pid: int, with_routes: bool = False) -> bool:
+    """Does another proxy than `pid` answer (with routes, if asked)?"""
+    from proxy.client import ProxyError
+    try:
+        return client.ping()["pid"] != pid and (not with_routes or bool(client.routes()))
+    except (ProxyError, OSError):
+        return False
+
+
+def _excuse_proxy_kill(run: Run, victim: str, in_flight: int) -> None:
+    """Only the requests in flight through `victim`'s killed proxy may have failed, and no
+    connection may have been refused; those failures are excused (Miss otherwise)."""
+    failed, refused = run.load.stats[run.fleet.address(victim)].failed, run.load.refused
+    if refused:
+        raise Miss(f"{refused} connections refused")
+    if failed > in_flight:
+        raise Miss(f"{failed} requests failed through {victim}, more than the {in_flight} "
+                   "in flight at its proxy's kill -9")
+    run.excused = failed
+    run.note = (f"{failed} requests failed through {victim}'s proxy, of {in_flight} in flight "
+                "at its kill -9; 0 refused")
 
 
 def proxy_upgrade(run: Run) -> str:
