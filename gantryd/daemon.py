@@ -432,6 +432,7 @@ class Daemon:
         elif outcome.error is not None:
             self._fail(component, outcome.desired, live, outcome.error)
         else:
+            self.secrets.deployed(component, outcome.desired.revision)
             self.report(component, R.settled(outcome.desired), outcome.desired.revision, live)
         kept = self.store.release_slot(outcome.slot, self.machine,
                                        "failed" if outcome.error else "released",

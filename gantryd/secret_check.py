@@ -40,3 +40,9 @@ class SecretCheck:
         result = bool(secret_env.references(model)) and secret_env.stale(self.lifecycle, model)
         self.seen[component] = (desired.revision, result)
         return result
+
+    def deployed(self, component: str, revision: int) -> None:
+        """A container of `revision` was just made here with the values read now: nothing to
+        compare until the next desired revision (a secret rotated right after the deploy
+        waits for the next update, like any other)."""
+        self.seen[component] = (revision, False)

@@ -108,3 +108,23 @@ def test_a_changed_secret_is_a_reason_to_deploy():
     halted = replace(desired, halted=Halt(machine="h1", revision=3, error="no file"))
     assert R.decide(halted, live, "h1", secrets_changed=True) == R.Decision(
         R.WAIT, "failed", "no file")
+
+
+def test_a_host_that_just_deployed_does_not_redeploy_for_a_secret_rotated_since(monkeypatch):
+    """The race the fleet test once lost: a secret rotated between a host's deploy and its next
+    reconcile waits for the next update, like a secret rotated at any other time."""
+    from gantry import secret_env
+    from gantryd.secret_check import SecretCheck
+
+    monkeypatch.setattr(secret_env, "references", lambda model: ["DB_PASSWORD"])
+    monkeypatch.setattr(secret_env, "stale", lambda lifecycle, model: True)
+    monkeypatch.setattr(Desired, "model", lambda self: object())
+    desired = Desired(status="ready", revision=3, image="r@sha256:1", config_hash="h",
+                      component={"name": "web"})
+    live = R.Live(image="r@sha256:1", config_hash="h", origin="gantryd")
+    check = SecretCheck(lifecycle=None)
+    check.deployed("web", 3)
+    assert not check.changed("web", desired, live)
+    # The next desired revision looks again, and at the start of a daemon (nothing seen).
+    assert check.changed("web", replace(desired, revision=4), live)
+    assert SecretCheck(lifecycle=None).changed("web", desired, live)
