@@ -111,7 +111,7 @@ class Canary:
             if promote:
                 life._switch_routes(component, (canary, 1))
                 life._keep_up(canary.id)
-                replaced = tuple(life._retire_others(component, keep=canary.id))
+                replaced = tuple(life._retire_others(component, keep=canary.id)[0])
             else:
                 stable = view.live()
                 assert stable is not None  # a canary is never the primary

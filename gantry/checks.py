@@ -169,6 +169,11 @@ def check_once(checks: Sequence[Any], runtime: Runtime, container_id: str) -> li
         info = _alive(runtime, container_id, "health")
     except ContainerExited as exc:
         return [str(exc)]
+    return probe_all(checks, runtime, info)
+
+
+def probe_all(checks: Sequence[Any], runtime: Runtime, info: ContainerInfo) -> list[str]:
+    """Run every check once against a container known to run (`info`); the failures."""
     failures = []
     for check in checks:
         try:

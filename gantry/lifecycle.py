@@ -143,6 +143,7 @@ class Deployment:
     changed: bool = True  # False when start() found the component already up to date
     replaced: tuple[str, ...] = ()  # ids of containers drained and removed
     elapsed: float = 0.0
+    left: tuple[str, ...] = ()  # ids of replaced containers that could not be stopped/removed
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -180,10 +181,12 @@ class Host:
         lock_dir: Path | None = None,
         lock_wait: bool | float = True,
         source: str = "",
+        runtime: Runtime | None = None,
     ) -> None:
         if origin not in L.ORIGINS:
             raise ValueError(f"origin must be one of {L.ORIGINS}")
-        self.runtime = Runtime(docker_client, backend_mode)
+        # ``runtime``: a stand-in for Docker (gantry.simulated, fleet benchmarks only).
+        self.runtime = runtime or Runtime(docker_client, backend_mode)
         self.proxy = proxy_client
         self.project = project
         self.machine = machine
@@ -353,7 +356,8 @@ class Lifecycle:
 
     # -- update / start -------------------------------------------------------------------
     def update(self, component: Any, image: str | None = None,
-               cancel: threading.Event | None = None) -> Deployment:
+               cancel: threading.Event | None = None,
+               on_drained: Callable[[], None] | None = None) -> Deployment:
         """Roll out a new container of ``component`` (start-first, checked, drained).
 
         ``image``: a digest-pinned reference to run instead of resolving ``repo:tag``.
@@ -361,13 +365,16 @@ class Lifecycle:
         named by content, an unchanged context then redeploys nothing (like :meth:`start`).
         ``cancel``: once set, the update is given up at its next step before the switch (the
         new container goes; Cancelled rises); after the switch it runs to the end.
+        ``on_drained``: called once the new container is live and the old ones are drained,
+        before they are stopped and removed (gantryd frees its rollout slot there); not
+        called when the update fails or changes nothing.
         Raises UpdateFailed with the previous container still serving.
         """
         with self.lock(component):
             self._recover(component)
             if image is None and component.build is not None:
                 return self._start(component, None, cancel)
-            return self._deploy(component, image, cancel)
+            return self._deploy(component, image, cancel, on_drained)
 
     def start(self, component: Any, image: str | None = None) -> Deployment:
         """Like update, but a no-op when the live container already runs the same image and
@@ -457,7 +464,8 @@ class Lifecycle:
         return image.id
 
     def _deploy(self, component: Any, image: str | None,
-                cancel: threading.Event | None = None) -> Deployment:
+                cancel: threading.Event | None = None,
+                on_drained: Callable[[], None] | None = None) -> Deployment:
         started = time.monotonic()
         ref = self._pull(component, image)
         bake = Bake.begin(self, component)  # what to go back to (None: no bake)
@@ -466,14 +474,14 @@ class Lifecycle:
                                cancel=cancel)
         if bake is not None:
             bake.hold(info)  # UpdateFailed: routes back on the old container, the new gone
-        replaced = self._retire_others(component, keep=info.id)
+        replaced, left = self._retire_others(component, keep=info.id, on_drained=on_drained)
         live = self.current(component)
         assert live is not None
         elapsed = time.monotonic() - started
         self.reporter.step(f"{component.name}: {live.short_id} is live ({ref}); "
                            f"done in {elapsed:.1f}s")
         return Deployment(component.name, live, ref, changed=True, replaced=tuple(replaced),
-                          elapsed=elapsed)
+                          elapsed=elapsed, left=tuple(left))
 
     def _pull(self, component: Any, image: str | None) -> str:
         """Resolve ``repo:tag`` (unless ``image`` is given) and pull; answers the pinned ref."""
@@ -657,19 +665,32 @@ class Lifecycle:
             self.reporter.step(f"{component.name}: route {name} repaired -> {backend}")
 
     # -- retiring old containers ----------------------------------------------------------
-    def _retire_others(self, component: Any, keep: str | None) -> list[str]:
+    def _retire_others(self, component: Any, keep: str | None,
+                       on_drained: Callable[[], None] | None = None
+                       ) -> tuple[list[str], list[str]]:
+        """Drain every container but ``keep``, call ``on_drained``, then stop and remove
+        them: (ids retired, ids left behind by an error, for the next recover())."""
         view = self._view(component.name)
-        retired = []
-        for info in view.containers:
-            if info.id != keep:
-                self._retire(component, info, view, drain=True)
-                retired.append(info.id)
+        old = [info for info in view.containers if info.id != keep]
+        # All drained before any is stopped: the engine's slow part (docker stop + rm) comes
+        # after on_drained. Nothing routes to them any more (switched before the drain).
+        drained = [info for info in old if self._quiesce(component, info, view, drain=True)]
+        if on_drained is not None:
+            on_drained()
+        left = [info.id for info in old
+                if info not in drained or not self._dispose(component, info)]
         retention.prune(self, component)  # their images are free now: keep the last N
-        return retired
+        return [info.id for info in old], left
 
     def _retire(self, component: Any, info: ContainerInfo, view: _View, drain: bool) -> None:
         """Drain (optionally), stop and remove one container. Errors become warnings: the
         container then stays for the next command's recover() to finish."""
+        if self._quiesce(component, info, view, drain):
+            self._dispose(component, info)
+
+    def _quiesce(self, component: Any, info: ContainerInfo, view: _View, drain: bool) -> bool:
+        """Drain ``info`` (bounded by the drain timeout), or close its connections at once;
+        False (warned) when that failed: it must not be stopped yet."""
         rep = self.reporter
         try:
             if info.running and drain:
@@ -682,13 +703,24 @@ class Lifecycle:
                     self._termination_checks(component, info, deadline)
             elif info.running:
                 self._close(view.pairs(info))
-            if info.running:
-                self.runtime.stop(info.id, component.stop_timeout)
-            self.runtime.remove(info.id)
-            rep.step(f"{component.name}: stopped and removed {info.short_id}")
+            return True
         except GantryError as exc:
             rep.warning(f"could not retire {info.short_id}: {exc} (the next gantry command "
                         "retries)")
+            return False
+
+    def _dispose(self, component: Any, info: ContainerInfo) -> bool:
+        """Stop and remove ``info``; False (warned) when the engine failed."""
+        try:
+            if info.running:
+                self.runtime.stop(info.id, component.stop_timeout)
+            self.runtime.remove(info.id)
+            self.reporter.step(f"{component.name}: stopped and removed {info.short_id}")
+            return True
+        except GantryError as exc:
+            self.reporter.warning(f"could not retire {info.short_id}: {exc} (the next gantry "
+                                  "command retries)")
+            return False
 
     def _signal(self, component: Any, info: ContainerInfo) -> None:
         for sig in component.termination_signals:

@@ -26,12 +26,13 @@ from .health import HealthWatch
 from .notify import Notifier
 from .pulls import Pulls
 from .secret_check import SecretCheck
-from .store import Desired, MachineStatus, Slot, Store, StoreError, now_iso
+from .store import Desired, Event, MachineStatus, Slot, Store, StoreError, now_iso
 from .traffic_sync import TrafficSync
 
 log = logging.getLogger("gantryd.daemon")
 
 RESYNC_INTERVAL = 30.0  # self-check without any event (a container that died, missed events)
+DOCKER_EVENTS = ("start", "die", "destroy")  # of our containers: wake the loop
 BACKOFF_START, BACKOFF_MAX = 0.25, 5.0
 SETTLED = ("ready", "split", "stopped", "killed")  # a host that reached the desired state
 
@@ -95,6 +96,7 @@ class Daemon:
         self.stopping.set()
         self.wake.set()
         self.traffic.poke()
+        self.health.poke()
 
     def _on_watch(self, batch: E.WatchBatch) -> None:
         if batch.resync:
@@ -129,18 +131,24 @@ class Daemon:
         crash): Docker's event stream, filtered by our labels, instead of polling."""
         from gantry import labels as L
         client = self.lifecycle.runtime.client
-        filters = {"type": "container", "label": L.selector(self.store.project, self.machine)}
+        # Only the events we act on: an image's HEALTHCHECK alone makes Docker send several
+        # exec events a second, each a wake-up of this thread if not filtered by the engine.
+        filters = {"type": "container", "event": list(DOCKER_EVENTS),
+                   "label": L.selector(self.store.project, self.machine)}
         while not self.stopping.is_set():
             try:
                 self._docker_events = client.events(decode=True, filters=filters)
                 self.wake.set()  # (re)connected: what happened meanwhile was not seen
+                self.health.containers_changed(watched=True)
                 for event in self._docker_events:
                     attrs = (event.get("Actor") or {}).get("Attributes") or {}
-                    if event.get("status") in ("start", "die", "destroy") and \
+                    if event.get("status") in DOCKER_EVENTS and \
                             attrs.get(L.COMPONENT) in self.components:
+                        self.health.containers_changed(watched=True)
                         self.wake.set()
             except Exception as exc:  # the engine restarted, or we are stopping
                 log.debug("docker event stream ended: %s", exc)
+            self.health.containers_changed(watched=False)  # unseen changes until reconnected
             self.stopping.wait(1.0)
 
     # -- main loop -------------------------------------------------------------------------
@@ -223,7 +231,8 @@ class Daemon:
                 self.wake.set()
                 self.stopping.wait(1.0)
                 continue
-            if _wait_exit(pid, self.stopping) and not self.stopping.is_set():
+            if _wait_exit(pid, self.stopping, idle_slice=self.resync_interval) and \
+                    not self.stopping.is_set():
                 log.warning("gantry-proxy (pid %d) exited; restarting it", pid)
                 self._repair()
                 self.wake.set()
@@ -384,9 +393,33 @@ class Daemon:
                     live)
         error = None
         proxy_before = self._current_proxy_pid()
+        early: list[_Outcome] = []
+
+        def drained() -> None:
+            # The new container is live and routed, the old one drained: nothing left can fail
+            # the rollout, so the slot goes now; docker stop + rm of the old one come after.
+            self.outcomes[component] = _Outcome(slot, desired, None, remediation)
+            early.append(self.outcomes[component])
+            try:
+                self._finish(component)
+            except Exception as exc:  # etcd away: the loop records it once etcd answers
+                log.warning("%s: recording the outcome failed (%s); retrying", component, exc)
+                self.wake.set()
         try:
-            split.apply(self.lifecycle, desired, live)  # an update, or a canary step
+            # An update, or a canary step (which keeps the slot to its end).
+            done = split.apply(self.lifecycle, desired, live, on_drained=drained)
+            if early:
+                # The old containers and the images retention pruned went after the status
+                # written at the release: look at what is retained again, and report it.
+                self._kept.pop(component, None)
+                self.wake.set()
+            if early and done is not None and done.left:
+                self._left_behind(component, desired, "could not stop/remove " + ", ".join(
+                    i[:12] for i in done.left))
         except GantryError as exc:
+            if early:  # after the release: the new version serves, nothing to undo or halt
+                self._left_behind(component, desired, str(exc))
+                return
             if self._proxy_died(exc, proxy_before):
                 # Our own proxy went away under the update (the old container, still routed
                 # in its restored state, keeps serving): not the new version's fault, so no
@@ -400,8 +433,21 @@ class Daemon:
                 return
             error = str(exc)
             log.error("%s: update failed: %s", component, error)
+        if early:
+            return  # recorded and released when the old container was drained
         self.outcomes[component] = _Outcome(slot, desired, error, remediation)
         self._finish(component)
+
+    def _left_behind(self, component: str, desired: Desired, error: str) -> None:
+        """Retiring the old container failed after our slot was released: log it and record
+        it (event `retire-failed`); the next turn's recover() tries again."""
+        log.error("%s: after the slot was released: %s", component, error)
+        try:
+            self.store.record(component, Event("retire-failed", self.machine, desired.revision,
+                                               detail=error, at=now_iso()))
+        except Exception as exc:  # etcd away: the log line stays
+            log.warning("%s: could not record the retire failure: %s", component, exc)
+        self.wake.set()
 
     def _proxy_died(self, exc: GantryError, pid_before: int | None) -> bool:
         """Did `exc` come from the local proxy dying (not answering, or restarted since)?"""
@@ -442,6 +488,8 @@ class Daemon:
             self.health.reset(component)  # count healthFailures afresh before another try
         if not kept:
             log.warning("%s: our rollout slot had expired before we released it", component)
+        else:
+            log.info("%s: slot %d released", component, outcome.slot.index)
         del self.outcomes[component]
         self.wake.set()  # look again: the desired state may have moved on meanwhile
 
@@ -510,21 +558,28 @@ def run(store: Store, components: Sequence[str], machine: str, proxy_socket: str
     # Refuse before anything starts (the proxy included) when the name is someone else's.
     me = Claimant.me()
     lease = claim_at_start(store, components, machine, lease_ttl, me)
-    docker_client = docker_connect(docker_url)
+    from gantry import simulated
+    sim = simulated.from_env()  # no Docker: scripts/bench/fleet --light only
+    docker_client = sim.client if sim is not None else docker_connect(docker_url)
     proxy_client = ensure_running(proxy_socket, proxy_state)
     host = Host(docker_client, proxy_client, store.project, machine,
-                proxy_bind=proxy_bind or "0.0.0.0", origin="gantryd", reporter=_log_reporter())
+                proxy_bind=proxy_bind or "0.0.0.0", origin="gantryd", reporter=_log_reporter(),
+                runtime=sim)
     daemon = Daemon(store, components, machine, Lifecycle(host), lease_ttl=lease_ttl,
                     repair=lambda: ensure_running(proxy_socket, proxy_state),
                     proxy_pid=lambda: ProxyClient(proxy_socket, timeout=5).ping()["pid"],
                     advertise=advertise, lease=lease, claimant=me)
     _on_signals(daemon.stop)
+    E.Etcd.quiet_streams()  # our watches are read in threads: no 10 Hz wake-ups per stream
     daemon.run()
     return 0
 
 
-def _wait_exit(pid: int, stopping: threading.Event, slice_: float = 1.0) -> bool:
-    """Block until process `pid` exits (True) or `stopping` is set (False)."""
+def _wait_exit(pid: int, stopping: threading.Event, slice_: float = 1.0,
+               idle_slice: float = RESYNC_INTERVAL) -> bool:
+    """Block until process `pid` exits (True) or `stopping` is set (False). With a pidfd the
+    exit wakes us at once, so `stopping` is looked at only every `idle_slice` (no idle
+    wake-ups); without one, the process is looked at every `slice_`."""
     import os
     import select
     try:
@@ -540,7 +595,7 @@ def _wait_exit(pid: int, stopping: threading.Event, slice_: float = 1.0) -> bool
         return False
     try:
         while not stopping.is_set():
-            if select.select([fd], [], [], slice_)[0]:
+            if select.select([fd], [], [], idle_slice)[0]:
                 return True
         return False
     finally:

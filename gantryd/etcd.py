@@ -37,6 +37,7 @@ import etcd3.exceptions as etcd3_exceptions  # noqa: E402
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 2379
+STREAM_WAIT = 5.0  # see Etcd.quiet_streams
 
 
 class EtcdError(Exception):
@@ -538,6 +539,20 @@ class Etcd:
     def lease(self, ttl: int) -> "Lease":
         """Grant a lease and keep it alive in a background thread until revoked."""
         return Lease(self, ttl)
+
+    @staticmethod
+    def quiet_streams(seconds: float = STREAM_WAIT) -> None:
+        """Let threads blocked on a gRPC stream (watches) sleep until a message comes.
+
+        gRPC wakes such a thread every 0.1 s only so that a *main* thread blocked there could
+        run its signal handlers; a long-running daemon reads its streams in threads of their
+        own, where those wake-ups are pure cost (ten a second per watch, each taking the
+        GIL). Messages and cancellations still wake the thread at once (a condition
+        variable): only the idle re-check is stretched. Call it in a daemon, not a CLI.
+        """
+        from grpc import _common  # gRPC's own knob (module-level, read at every wait)
+        if isinstance(getattr(_common, "MAXIMUM_WAIT_TIMEOUT", None), (int, float)):
+            _common.MAXIMUM_WAIT_TIMEOUT = seconds
 
     # -- watches ---------------------------------------------------------------------------
     def watch_prefix(self, prefix: str, callback: Callable[[WatchBatch], None],

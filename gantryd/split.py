@@ -23,7 +23,7 @@ The functions on Desired are pure; only `apply` touches the host.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 from . import rollout as R
 from .store import Desired, MachineStatus, StoreError, now_iso
@@ -97,8 +97,11 @@ def step(desired: Desired, live: R.Live | None) -> str:
     return UPDATE
 
 
-def apply(life: Any, desired: Desired, live: R.Live | None) -> None:
-    """Run `step(desired, live)` through gantry's lifecycle (`life`: a Lifecycle)."""
+def apply(life: Any, desired: Desired, live: R.Live | None,
+          on_drained: Callable[[], None] | None = None) -> Any:
+    """Run `step(desired, live)` through gantry's lifecycle (`life`: a Lifecycle).
+    `on_drained`: see Lifecycle.update (a plain update only; the canary steps keep the old
+    order). Answers the update's Deployment, None for a canary step."""
     from gantry.canary import Canary
 
     what = step(desired, live)
@@ -114,7 +117,8 @@ def apply(life: Any, desired: Desired, live: R.Live | None) -> None:
     elif what == ABORT:
         Canary(life).abort(model)
     else:
-        life.update(model, image=desired.image)
+        return life.update(model, image=desired.image, on_drained=on_drained)
+    return None
 
 
 # -- display -----------------------------------------------------------------------------------

@@ -53,6 +53,10 @@ def acquire_lock(state_path: str, wait: float = 0.0) -> IO[Any] | None:
 
 def install_reactor() -> Any:
     """Our epoll reactor, installed before anything imports the default one."""
+    # Twisted's reactor imports its TLS support (pyOpenSSL, cryptography: 12 MB of resident
+    # memory) whenever pyOpenSSL is installed; the proxy forwards plain TCP and never uses
+    # it. A None entry makes that import fail, which Twisted handles as "no TLS here".
+    sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
     from proxy import reactor as proxy_reactor
     try:
         proxy_reactor.install()
@@ -74,8 +78,9 @@ def run(socket_path: str, state_path: str, metrics: Address | None = None,
 
     from proxy.control import listen_control
     from proxy.listeners import open_listeners
-    from proxy.metrics import listen_metrics
     from proxy.router import Router
+    if metrics is not None:  # prometheus_client: a few MB that a proxy without --metrics spares
+        from proxy.metrics import listen_metrics
     from proxy.upgrade import Handover, request_handover, run_options
 
     if takeover:

@@ -48,6 +48,18 @@ class ProxyReactor(EPollReactor):
 
     doIteration = doPoll
 
+    def write_to_read(self, selectable: Any) -> None:
+        """Turn a registered writer into a reader with one epoll_ctl(MOD) (a connect that
+        completed), where addReader + removeWriter make two."""
+        fd = selectable.fileno()
+        if fd in self._writes and fd not in self._reads:
+            self._poller.modify(fd, EPOLLIN)
+            self._writes.discard(fd)
+            self._reads.add(fd)
+        else:
+            self.addReader(selectable)
+            self.removeWriter(selectable)
+
     def forget(self, selectable: Any) -> None:
         """Drop a socket that is about to be closed from the reactor's books, without the
         epoll_ctl(DEL) removeReader/removeWriter would make: closing a socket's only

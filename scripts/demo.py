@@ -385,9 +385,12 @@ def wait_socket(path: str, proc: subprocess.Popen, log_path: Path, timeout: floa
 
 
 def start_hosts(state: DemoState, cmd: Commands, procs: dict[str, subprocess.Popen],
-                hosts: Sequence[tuple[str, str]] = HOSTS, lease_ttl: int = LEASE_TTL) -> None:
+                hosts: Sequence[tuple[str, str]] = HOSTS, lease_ttl: int = LEASE_TTL,
+                daemon_env: dict[str, str] | None = None, batch: int = 0) -> None:
     """Per simulated host (name, bind address): a gantry-proxy of its own, then `gantryd run`
-    using it. scripts/bench/fleet starts its larger fleets through this too."""
+    using it (`daemon_env`: added to its environment; `batch`: start that many daemons at a
+    time, each batch once the previous one reported). scripts/bench/fleet starts its larger
+    fleets through this too."""
     for name, bind in hosts:
         d = Path(state.dir) / name
         (d / "locks").mkdir(parents=True, exist_ok=True)
@@ -401,28 +404,32 @@ def start_hosts(state: DemoState, cmd: Commands, procs: dict[str, subprocess.Pop
         state.save()
     for h in state.hosts:
         wait_socket(h.socket, procs[f"{h.name}-proxy"], Path(h.dir) / "gantry-proxy.log")
-    for h in state.hosts:
-        argv = cmd.gantryd_cmd("run", state.project, "-c", COMPONENT, "--machine", h.name,
-                               "--proxy-socket", h.socket, "--proxy-state", h.proxy_state,
-                               "--proxy-bind", h.bind, "--lease-ttl", str(lease_ttl))
-        # One machine plays several hosts: each needs its own local lock dir (no flag for it).
-        proc = spawn(argv, Path(h.dir) / "gantryd.log",
-                     cmd.env(GANTRY_LOCK_DIR=str(Path(h.dir) / "locks")))
-        procs[f"{h.name}-daemon"] = proc
-        h.daemon_pid = proc.pid
-        state.save()
-
-    def all_reported() -> bool:  # `gantryd list --json`: every host has a status key
+    def all_reported(names: set[str]) -> bool:  # `gantryd list --json`: a status key each
         proc = cmd.run(cmd.gantryd_cmd("list", state.project, "-c", COMPONENT, "--json"),
                        quiet=True, check=False)
         try:
             reported = {m["machine"] for m in json.loads(proc.stdout)[COMPONENT]["machines"]}
         except (ValueError, KeyError, TypeError):
             return False
-        return reported >= {h.name for h in state.hosts}
+        return reported >= names
+    for i, h in enumerate(state.hosts):
+        if batch and i and i % batch == 0:  # imports of many daemons at once starve the rest
+            started = {x.name for x in state.hosts[:i]}
+            wait_for(lambda started=started: all_reported(started), max(30, 3 * batch),
+                     f"hosts 1-{i} to report to etcd", state)
+        argv = cmd.gantryd_cmd("run", state.project, "-c", COMPONENT, "--machine", h.name,
+                               "--proxy-socket", h.socket, "--proxy-state", h.proxy_state,
+                               "--proxy-bind", h.bind, "--lease-ttl", str(lease_ttl))
+        # One machine plays several hosts: each needs its own local lock dir (no flag for it).
+        proc = spawn(argv, Path(h.dir) / "gantryd.log",
+                     cmd.env(GANTRY_LOCK_DIR=str(Path(h.dir) / "locks"), **(daemon_env or {})))
+        procs[f"{h.name}-daemon"] = proc
+        h.daemon_pid = proc.pid
+        state.save()
     what = "the three hosts" if len(state.hosts) == 3 else f"the {len(state.hosts)} hosts"
     # Many daemons starting at once on a small machine take a while to import and connect.
-    wait_for(all_reported, max(30, 3 * len(state.hosts)), f"{what} to report to etcd", state)
+    wait_for(lambda: all_reported({h.name for h in state.hosts}), max(30, 3 * len(state.hosts)),
+             f"{what} to report to etcd", state)
     say(f"{what} report to etcd")
 
 
@@ -606,11 +613,14 @@ def teardown(state: DemoState) -> None:
     cmd = Commands(state)
     daemons_up = any(ours(h.daemon_pid, "gantryd") for h in state.hosts)
     if state.etcd and ours(state.etcd_pid, "etcd") and daemons_up:
-        proc = cmd.run(cmd.gantryd_cmd("kill", state.project, "-c", COMPONENT), check=False,
-                       timeout=30)
-        if proc.returncode == 0:
-            cmd.run(cmd.gantryd_cmd("wait", state.project, "-c", COMPONENT, "--timeout", "20"),
-                    check=False, timeout=60)
+        try:
+            proc = cmd.run(cmd.gantryd_cmd("kill", state.project, "-c", COMPONENT),
+                           check=False, timeout=30)
+            if proc.returncode == 0:
+                cmd.run(cmd.gantryd_cmd("wait", state.project, "-c", COMPONENT, "--timeout",
+                                        "20"), check=False, timeout=60)
+        except subprocess.TimeoutExpired as exc:  # a saturated machine: stop them all anyway
+            say(f"  {exc}")
     for h in state.hosts:
         stop_process(h.daemon_pid, "gantryd", f"gantryd run of {h.name}")
     remove_containers(state.project)

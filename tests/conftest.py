@@ -102,3 +102,17 @@ def remove_project_containers(name: str) -> int:
         return len(leftovers)
     finally:
         client.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long tests first, longest first (`@pytest.mark.long(seconds)`, about a minute when
+    not said; a scorecard row about 45 s): with pytest-xdist's load scheduling they are dealt
+    round-robin to the workers at the start and the short ones fill in around them, instead
+    of one long test starting last and the whole run waiting for it."""
+    def seconds(item: pytest.Item) -> float:
+        long = item.get_closest_marker("long")
+        if long is not None:
+            return long.args[0] if long.args else 60
+        scenario = item.get_closest_marker("scorecard") and hasattr(item, "callspec")
+        return 45 if scenario else 0
+    items.sort(key=lambda item: -seconds(item))

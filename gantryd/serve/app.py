@@ -186,6 +186,18 @@ class LimitedRequest(server.Request):
         if refuse is not None:  # answered now, not after the whole body was sent
             refuse(413, f"request body over {MAX_BODY} bytes")
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        try:
+            super().requestReceived(command, path, version)
+        except ValueError:
+            # Twisted parses Content-Type through the email package, which refuses a value
+            # holding a character it reads as a line break (\x85, \x0b...): an unhandled
+            # error there would drop the connection without an answer.
+            refuse = getattr(self.channel, "refuse", None)
+            if refuse is None:
+                raise
+            refuse(400, "malformed header value (Content-Type)")
+
     def process(self) -> None:
         if not getattr(self.channel, "refused", False):  # else: answered already
             super().process()

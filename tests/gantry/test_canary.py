@@ -178,7 +178,7 @@ def test_cli_promote_killed_mid_drain_is_finished(cli, docker_client, project, p
     while not backend_of(proxy, project, c, stable_backend)["live"]:
         assert len(slows) < 4, "the old container never got a slow request"
         before = live()
-        slows.append(SlowRequest(target(c), 6))
+        slows.append(SlowRequest(target(c), 12))
         wait_for(lambda n=before: live() > n, 10, "the proxy to count the slow request")
     slow = slows[-1]
     promoting = cli.spawn("promote", "web")

@@ -27,3 +27,67 @@ def test_checks_and_interval_fall_back_to_the_ready_checks():
     assert H.checks_of(ready_only) == ready_only.ready_checks
     assert H.interval_of(ready_only) == 0.2
     assert H.interval_of(make_component(healthChecks=[], readyChecks=[])) == 1.0
+
+
+def test_fleet_health_watch_probes_a_seen_container_without_asking_docker(life, docker_client,
+                                                                          caplog):
+    """gantryd's health watch (gantryd/health.py): while Docker's event stream is up and
+    reports nothing of ours, a passing round is the probe alone (no Docker or proxy call);
+    a reported change looks again; a container that dies unreported fails its probe, is
+    looked at again and counts as gone at once."""
+    import threading
+
+    from gantry import checks as C
+    from gantry_helpers import component_dict
+    from gantryd.health import HealthWatch
+    from gantryd.store import Desired
+    from rig import wait_for
+
+    spec = component_dict(tag="v1", healthFailures=5)
+    first = life.update(make_component(**spec)).container
+    # One timeline: "look" (a Docker call), True/False (a probe round that passed/failed).
+    timeline: list = []
+    runtime, probe_all = life.runtime, C.probe_all
+    for name in ("inspect", "list"):
+        real = getattr(runtime, name)
+        setattr(runtime, name, lambda *a, real=real: timeline.append("look") or real(*a))
+
+    def probed(*args):
+        problems = probe_all(*args)
+        timeline.append(not problems)
+        return problems
+    C.probe_all = probed
+    rounds = lambda: sum(1 for t in timeline if isinstance(t, bool))  # noqa: E731
+    unhealthy = threading.Event()
+    watch = HealthWatch(life, on_unhealthy=unhealthy.set)
+    watch.containers_changed(watched=True)
+    assert watch.due("web", Desired(status="ready", revision=1, component=spec), ready=True) \
+        is None
+    stop = threading.Event()
+    thread = threading.Thread(target=watch.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: rounds() >= 2, 20, "two rounds")
+        start = len(timeline)
+        wait_for(lambda: rounds() >= 6, 20, "four more rounds")
+        window = timeline[start:]
+        # Probes alone: Docker is asked only after a failed probe (a slow machine may time
+        # one out), never after a passing one.
+        for before, item in zip(window, window[1:], strict=False):
+            assert item != "look" or before in ("look", False), window
+        assert window.count(True) >= 1
+        seen = timeline.count("look")
+        watch.containers_changed(watched=True)  # Docker said something: look again
+        wait_for(lambda: timeline.count("look") > seen, 20, "a fresh look after the change")
+        docker_client.containers.get(first.id).kill()  # dies, and nobody tells the watch
+        wait_for(unhealthy.is_set, 20, "the dead container to count as unhealthy")
+        # As gone, at once: not after healthFailures (5) failed rounds. (A round during the
+        # kill may still find it running, refusing connections: one failure before.)
+        gone = [r.message for r in caplog.records if "exited" in r.message]
+        assert gone and "(5/5)" not in gone[0], caplog.text
+    finally:
+        C.probe_all = probe_all
+        stop.set()
+        watch.poke()
+        thread.join(10)
+    assert not thread.is_alive()

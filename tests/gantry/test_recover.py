@@ -62,7 +62,7 @@ def test_kill_9_during_drain(cli, docker_client, project, proxy):
     (first,) = project_containers(docker_client, project)
     results: dict = {}
     slow = threading.Thread(
-        target=lambda: results.update(slow=request(target(c), "/cgi-bin/slow?s=6")))
+        target=lambda: results.update(slow=request(target(c), "/cgi-bin/slow?s=12")))
     slow.start()
     wait_for(lambda: sum(live_by_backend(proxy, project, c).values()) == 1, 10, "slow request")
 

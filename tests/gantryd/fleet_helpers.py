@@ -117,6 +117,12 @@ class Fleet:
     def start(self, name: str, *components: str, endpoints: list[str] | None = None,
               options: Sequence[str] | None = None) -> None:
         """Start host `name` (`options`: its connection options instead of the fleet's)."""
+        self.spawn(name, *components, endpoints=endpoints, options=options)
+        self.wait_reported(name, *components)
+
+    def spawn(self, name: str, *components: str, endpoints: list[str] | None = None,
+              options: Sequence[str] | None = None) -> None:
+        """Start host `name`'s `gantryd run` without waiting for it (see `wait_reported`)."""
         d = self.host_dir(name)
         log = open(d / "gantryd.log", "ab")
         argv = [sys.executable, "-m", "gantryd", "--etcd", ",".join(endpoints or self.endpoints),
@@ -128,6 +134,9 @@ class Fleet:
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                             cwd=ROOT, env=self.host_env(name))
         log.close()
+
+    def wait_reported(self, name: str, *components: str) -> None:
+        """Wait until host `name` has written its status for every one of `components`."""
         wait_for(lambda: self._reported(name, components or ("web",)), 30,
                  f"{name} to report\n{self.logs()}")
 
@@ -136,9 +145,12 @@ class Fleet:
             raise AssertionError(f"{name} exited {self.procs[name].returncode}\n{self.logs()}")
         return all(self.store.machine(c, name) is not None for c in components)
 
-    def start_all(self, *components: str) -> None:
-        for name in HOSTS:
-            self.start(name, *components)
+    def start_all(self, *components: str, hosts: Sequence[str] = tuple(HOSTS)) -> None:
+        """Start `hosts` together (their start-ups overlap) and wait until each reported."""
+        for name in hosts:
+            self.spawn(name, *components)
+        for name in hosts:
+            self.wait_reported(name, *components)
 
     def terminate(self, name: str) -> int:
         proc = self.procs.pop(name)
@@ -179,8 +191,7 @@ class Fleet:
         """Store a v1 config, update, start `hosts` and wait until they all serve v1."""
         self.setconfig(component(test_images, "v1", self.port, **extra))
         self.update()
-        for h in hosts:
-            self.start(h)
+        self.start_all(hosts=hosts)
         self.wait_done()
         assert {self.answers(h) for h in hosts} == {"v1"}
 

@@ -5,6 +5,10 @@ Faults (a version that never gets ready, kill -9 of the slot holder, etcd member
 are the scenarios of tests/scorecard, which run under load and count leaked containers."""
 from __future__ import annotations
 
+import pytest
+
+import re
+
 import loadgen  # scripts/ (on sys.path via tests/conftest.py)
 from gantryd import rollout
 from proxy.client import ProxyClient
@@ -12,6 +16,7 @@ from proxy.client import ProxyClient
 from fleet_helpers import HOSTS, component, containers, wait_for
 
 
+@pytest.mark.long
 def test_rollout_one_host_at_a_time_under_load(fleet, test_images):
     fleet.deploy_v1(test_images)
     targets = [fleet.address(h) for h in HOSTS]
@@ -27,8 +32,25 @@ def test_rollout_one_host_at_a_time_under_load(fleet, test_images):
     assert rollout.max_overlap(fleet.store.events("web"), revision=2) == 1
     statuses = fleet.store.machines("web")
     assert {(m.status, m.image) for m in statuses} == {("ready", fleet.store.desired("web").image)}
+    # Each host freed its slot once the old container was drained, before stopping and
+    # removing it (outside the slot); no request failed meanwhile (above).
+    for h in HOSTS:
+        wait_for(lambda h=h: len(release_steps(fleet, h)) == 2, 20,
+                 f"{h} to remove its old container\n{fleet.logs()}")
+        assert ["released" in step for step in release_steps(fleet, h)] == [True, False], \
+            fleet.logs()
 
 
+def release_steps(fleet, host: str) -> list[str]:
+    """In `host`'s daemon log (one process: its order is the order of the steps), after its
+    last slot was taken: the release of the slot and the removal of the old container."""
+    lines = (fleet.host_dir(host) / "gantryd.log").read_text(errors="replace").splitlines()
+    taken = max(i for i, line in enumerate(lines) if re.search(r"web: slot \d+ taken", line))
+    return [line for line in lines[taken:]
+            if re.search(r"web: (slot \d+ released|stopped and removed)", line)]
+
+
+@pytest.mark.long
 def test_max_parallel_two(fleet, test_images):
     fleet.deploy_v1(test_images, rollout={"maxParallel": 2})
     fleet.setconfig(component(test_images, "v2", fleet.port, rollout={"maxParallel": 2}))

@@ -241,6 +241,7 @@ def test_on_failure_typo_is_refused(fleet, test_images):
 
 # -- on the fleet -------------------------------------------------------------------------------
 
+@pytest.mark.long(90)
 def test_fleet_keeps_the_last_n_images_and_rolls_back_without_a_pull(fleet, test_images,
                                                                      docker_client, project):
     """retainImages 2 on 3 hosts under load: after v1 -> v2 -> v3 (each pulled by the hosts)

@@ -109,6 +109,7 @@ class _UnderPty:
         return code, b"".join(self.chunks).decode(errors="replace")
 
 
+@pytest.mark.long
 def test_a_rollout_followed_live_on_a_terminal_piped_and_as_json(fleet, test_images):
     fleet.deploy_v1(test_images)
     project = fleet.project

@@ -232,6 +232,20 @@ def test_every_request_gets_a_4xx_json_or_2xx_and_refusals_write_nothing(target,
         assert client.revision() == before, (method, path[:200], status, answer[:300])
 
 
+@pytest.mark.parametrize("value", ["\x850", "text/plain;\x0bq=1", "a\x1cb"])
+def test_a_content_type_twisted_cannot_store_is_a_400(target, value):
+    """Found by the fuzz: Twisted stores Content-Type through the email package, which
+    raises on a character it reads as a line break; the server answered nothing."""
+    serve, client = target
+    headers = [("Content-Type", value), ("Authorization", f"Bearer {serve.token}")]
+    before = client.revision()
+    status, kind, answer = _send(serve, _raw("POST", f"/v1/projects/{PROJECT}/update",
+                                             headers, b"{}", False), "POST")
+    assert (status, kind) == (400, "application/json"), answer
+    assert "Content-Type" in json.loads(answer)["error"]
+    assert client.revision() == before
+
+
 def test_the_fuzz_left_no_trace(target):
     """After the fuzz: the same server answers, logged no traceback and no secret."""
     serve, _ = target

@@ -78,6 +78,71 @@ def test_backend_half_close_reaches_client(proxy):
     assert got == [b"late words"]
 
 
+def test_spliced_bulk_half_close_counts_and_no_leaked_descriptors(proxy):
+    # Both directions move more than SPLICE_AFTER (so they switch to splice through a pipe),
+    # then each side half-closes in turn: every byte arrives, in order, counted exactly,
+    # and the pipes are closed with the connection.
+    size = 5 << 20
+    down, up = os.urandom(size), os.urandom(size)
+    listener = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def backend() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(down)
+            conn.shutdown(socket.SHUT_WR)
+            got.append(recv_all(conn))
+
+    listen = _route(proxy, f"127.0.0.1:{listener.getsockname()[1]}")
+    fds_before = len(os.listdir(f"/proc/{proxy.pid}/fd"))
+    t = threading.Thread(target=backend)
+    t.start()
+    with connect(listen, timeout=30) as sock:
+        assert recv_all(sock) == down  # EOF after the spliced bytes; our side still open
+        sock.sendall(up)
+        sock.shutdown(socket.SHUT_WR)
+        t.join(30)
+    listener.close()
+    assert got == [up]
+    backend_row = wait_for(lambda: (b := proxy.client.route("r")["backends"][0])["live"] == 0
+                           and b)
+    assert (backend_row["bytesIn"], backend_row["bytesOut"]) == (size, size)
+    wait_for(lambda: len(os.listdir(f"/proc/{proxy.pid}/fd")) <= fds_before,
+             what="the proxy to close the connection's sockets and pipes")
+
+
+def test_out_of_descriptors_closes_clients_and_recovers(proxy, echo):
+    # The proxy's descriptor limit is lowered under it: accepts and backend sockets fail
+    # with EMFILE. Clients are closed (not hung), the listener survives, counts stay exact,
+    # and once descriptors are back it serves again.
+    import resource
+
+    listen = _route(proxy, echo.address)
+    fds = [int(fd) for fd in os.listdir(f"/proc/{proxy.pid}/fd")]
+    soft, hard = resource.prlimit(proxy.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(proxy.pid, resource.RLIMIT_NOFILE, (max(fds) + 2, hard))
+    answers = []
+    try:
+        clients = [connect(listen, timeout=30) for _ in range(4)]
+        for sock in clients:
+            with sock:
+                try:
+                    sock.sendall(b"x")
+                    sock.shutdown(socket.SHUT_WR)
+                    answers.append(recv_all(sock))
+                except OSError:  # reset, or closed before we were done sending
+                    answers.append(b"")
+    finally:
+        resource.prlimit(proxy.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    # Served while descriptors lasted, else closed without an answer; never left hanging.
+    assert set(answers) <= {b"x", b""} and b"" in answers, answers
+    assert echo_digest(listen, b"back") == (hashlib.sha256(b"back").hexdigest(), 4)
+    backend = wait_for(lambda: (b := proxy.client.route("r")["backends"][0])["live"] == 0
+                       and b)
+    assert backend["opened"] == backend["closed"]
+
+
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -63,6 +63,7 @@ def test_failures_are_attributed_to_the_proxy_kill_they_were_in_flight_at():
     assert per_kill == {kill: 1} and unexplained == [later, elsewhere]
 
 
+@pytest.mark.long(160)
 @pytest.mark.timeout(480)
 def test_chaos(project, test_images):
     seed = int(os.environ.get("GANTRY_CHAOS_SEED") or random.SystemRandom().randrange(10 ** 6))
