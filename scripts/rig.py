@@ -46,6 +46,15 @@ class WaitTimeout(AssertionError):
     """A condition polled with a deadline never came true (an AssertionError, for tests)."""
 
 
+def exit_on_sigterm() -> None:
+    """Let SIGTERM unwind the program like Ctrl-C does, so the daemons, etcd members and
+    containers a long script started are torn down by its `finally` blocks (Python's default
+    SIGTERM ends the process at once and leaves them running)."""
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def wait_for(predicate, timeout: float = 10, what: str = "condition", interval: float = 0.05):
     """Poll ``predicate`` until it answers something truthy and answer that value; raise
     WaitTimeout after ``timeout`` seconds. The one deadline-poll of the tests, rig and demo."""
