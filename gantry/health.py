@@ -72,5 +72,5 @@ def examine(component: Any, runtime: Runtime, container_id: str, streak: Streak,
             streak.observe(container_id, problems)
             return
     info = runtime.inspect(container_id)
-    problems = C.check_once(checks_of(component), runtime, container_id)
+    problems = C.check_once(checks, runtime, container_id)
     streak.observe(container_id, problems, gone=info is None or not info.running)
