@@ -120,14 +120,21 @@ class HealthWatch:
     def _round(self, component: str, model: Any) -> None:
         try:
             current, known = self._live(component)
-            if current is None:
-                return
             with self._lock:
                 streak = self._streaks.get(component)
             if streak is None:
                 return
             was = streak.unhealthy
-            H.examine(model, self.lifecycle.runtime, current.id, streak, known=known)
+            if current is not None:
+                judged = current.id
+                H.examine(model, self.lifecycle.runtime, judged, streak, known=known)
+            elif streak.container is not None and not was:
+                # The container being judged is no longer live (it died between two
+                # rounds): gone, so the daemon's loop wakes and puts one back.
+                judged = streak.container
+                streak.observe(judged, ("no longer running",), gone=True)
+            else:
+                return
             if streak.failures:  # judged afresh next round
                 with self._lock:
                     self._seen.pop(component, None)
@@ -137,7 +144,7 @@ class HealthWatch:
         # Said once when it starts failing and once when it counts as unhealthy, not per
         # round: a host waiting for a slot keeps failing meanwhile.
         if streak.failures == 1 or (streak.unhealthy and not was):
-            log.warning("%s: %s %s", component, current.short_id, streak.describe())
+            log.warning("%s: %s %s", component, judged[:12], streak.describe())
         if streak.unhealthy and not was:
             self.on_unhealthy()
 

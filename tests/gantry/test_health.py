@@ -91,3 +91,49 @@ def test_fleet_health_watch_probes_a_seen_container_without_asking_docker(life, 
         watch.poke()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_fleet_health_watch_counts_a_live_container_that_vanished_as_gone():
+    """The race CI hit: a round's probe fails while the container is being killed (Docker
+    still says running), and by the next round it is no longer live at all. The watch must
+    count the container it judged as gone and wake the daemon, not wait for a verdict."""
+    import threading
+
+    from gantry import checks as C
+    from gantry_helpers import component_dict
+    from gantryd.health import HealthWatch
+    from gantryd.store import Desired
+
+    class Live:
+        id, short_id = "c" * 64, "c" * 12
+
+    class Info:
+        running = True
+
+    class Runtime:
+        def inspect(self, _id):
+            return Info()
+
+    class Lifecycle:
+        runtime = Runtime()
+        live: object | None = Live()
+
+        def current(self, _component):
+            return self.live
+
+    life, woken = Lifecycle(), threading.Event()
+    spec = component_dict(tag="v1", healthFailures=5)
+    watch = HealthWatch(life, on_unhealthy=woken.set)
+    watch.due("web", Desired(status="ready", revision=1, component=spec), ready=True)
+    model = watch._watched["web"][1]
+    real = C.probe_all
+    C.probe_all = lambda *a: ["connection reset"]
+    try:
+        watch._round("web", model)  # failed probe, still running: 1 of 5
+        assert not woken.is_set()
+        life.live = None  # died, and is no longer the live container
+        watch._round("web", model)
+    finally:
+        C.probe_all = real
+    assert woken.is_set()
+    assert watch._streaks["web"].gone and watch._streaks["web"].container == Live.id

@@ -263,9 +263,12 @@ def test_fleet_keeps_the_last_n_images_and_rolls_back_without_a_pull(fleet, test
             for tag in ("v2", "v3"):
                 pinned[tag] = roll(tag)
                 fleet.wait_done()
-            assert {t for t, ref in pinned.items() if runtime.has_image(ref)} == {"v2", "v3"}
+            # Images are pruned once the old container is stopped, after the hosts report
+            # ready (the slot goes at the drain), and reported again after that.
             wait_for(lambda: {fleet.status(h).retained for h in HOSTS} == {
-                (pinned["v3"], pinned["v2"])}, 10, "every host to report v3 and v2 retained")
+                (pinned["v3"], pinned["v2"])}, 30, "every host to report v3 and v2 retained")
+            wait_for(lambda: {t for t, ref in pinned.items() if runtime.has_image(ref)}
+                     == {"v2", "v3"}, 30, "v1 pruned by every host")
             pulls = {h: _pulls(fleet, h) for h in HOSTS}
             fleet.cli("rollback", fleet.project, "-c", "web")
             fleet.wait_done()
