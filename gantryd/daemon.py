@@ -26,6 +26,7 @@ from .health import HealthWatch
 from .notify import Notifier
 from .pulls import Pulls
 from .secret_check import SecretCheck
+from .slot_queue import SlotQueue
 from .store import Desired, Event, MachineStatus, Slot, Store, StoreError, now_iso
 from .traffic_sync import TrafficSync
 
@@ -85,6 +86,7 @@ class Daemon:
         # Health checks in a thread of their own; remediation goes through our loop.
         self.health = HealthWatch(lifecycle, on_unhealthy=self.wake.set)
         self.pulls = Pulls(store, machine, lifecycle.runtime)  # rollout.maxParallelPulls
+        self.queue = SlotQueue(store, machine)  # who a freed rollout slot wakes
         self.secrets = SecretCheck(lifecycle)  # valueFrom values rotated on this host
         # Our live ports under the advertised address, for load balancers (gantryd/endpoints.py).
         self.endpoints = Publisher(store, machine, advertise, lifecycle)
@@ -100,29 +102,38 @@ class Daemon:
 
     def _on_watch(self, batch: E.WatchBatch) -> None:
         if batch.resync:
+            self.queue.forget()
             self.wake.set()
             self.traffic.poke()
             return
         for event in batch.events:
             ref = self.store.keys.parse(event.key)
-            if ref.component in self.components and ref.kind == "traffic":
-                self.traffic.poke()
+            if ref.component not in self.components:
                 continue
-            # A slot key being taken frees nothing: only a release (or an expiry) of a slot
-            # can let a waiting host on, so only those wake the hosts (all of them, at once).
-            if ref.component in self.components and (
-                    ref.kind in ("desired", "freeze")
-                    or (ref.kind in ("lock", "pulls") and event.kind == "delete")):
+            if ref.kind == "traffic":
+                self.traffic.poke()
+            elif ref.kind in ("desired", "freeze"):
                 self.wake.set()
-                return
-            if ref.component in self.components and ref.kind == "machines" \
-                    and ref.rest == self.machine and event.kind == "delete":
+            elif event.kind != "delete":
+                # A slot key being taken frees nothing: only a release (or an expiry) of a
+                # slot can let a waiting host on.
+                continue
+            elif ref.kind == "lock":
+                # Only the first hosts in line wake (gantryd/slot_queue.py).
+                if self.queue.slot_freed(ref.component):
+                    self.wake.set()
+            elif ref.kind == "waiters":
+                if self.queue.waiter_gone(ref.component, event.key, event.mod_revision):
+                    self.wake.set()
+            elif ref.kind == "pulls":
+                self.wake.set()
+            elif ref.kind == "machines" and ref.rest == self.machine:
                 self.wake.set()  # our status vanished (lease expired): report again
-                return
 
     def _on_watch_state(self, up: bool) -> None:
         # Up: changes made while we were cut off are replayed; re-check anyway.
         # Down: find out (and say) whether etcd is gone, instead of idling unaware.
+        self.queue.forget()
         self.wake.set()
         self.traffic.poke()
 
@@ -303,6 +314,13 @@ class Daemon:
         self.recovered.add(component)
 
     def reconcile(self, component: str) -> None:
+        self.queue.turn_begins(component)
+        try:
+            self._reconcile(component)
+        finally:
+            self.queue.turn_ends(component)  # not waiting for a slot any more: out of line
+
+    def _reconcile(self, component: str) -> None:
         if component in self.outcomes:
             return  # its last outcome is not recorded yet
         desired = self.store.desired(component)
@@ -383,10 +401,14 @@ class Daemon:
             self.wake.set()  # desired changed under us: decide again
             return
         if slot is None:
+            ahead = self.queue.join(component, self.lease.id, desired.max_parallel or 0)
             if remediation is None:
                 self.report(component, "waiting", desired.revision, live,
                             "waiting for a rollout slot")
-            return  # a slot's release (watch on lock/) wakes us up
+            log.debug("%s: still waiting for a rollout slot (%s ahead)", component,
+                      "?" if ahead is None else ahead)
+            return  # a slot's release (watch on lock/) wakes us up when we are in front
+        self.queue.took_slot(component)
         log.info("%s: slot %d taken; %s %s", component, slot.index,
                  "replacing with" if remediation else "updating to", desired.image)
         self.report(component, "restarting" if remediation else "updating", desired.revision,

@@ -8,6 +8,7 @@
 <prefix>/projects/<p>/components/<c>/claims/<m>               the daemon named m, on its lease
 <prefix>/projects/<p>/components/<c>/lock/<slot>              rollout slot, on the holder's lease
 <prefix>/projects/<p>/components/<c>/pulls/<slot>             pull slot, on the holder's lease
+<prefix>/projects/<p>/components/<c>/waiters/<m>              a host waiting for a rollout slot
 <prefix>/projects/<p>/components/<c>/freeze                   frozen hosts (JSON)
 <prefix>/projects/<p>/components/<c>/history/<revision>       desired state of each revision
 <prefix>/projects/<p>/components/<c>/done/<revision>          a revision every host reached
@@ -53,8 +54,8 @@ class KeyRef:
     """What a key under a project is about (see Keys.parse)."""
 
     component: str | None
-    kind: str  # config | desired | traffic | machines | lock | pulls | freeze | history |
-    #            done | events | endpoints | notify | other
+    kind: str  # config | desired | traffic | machines | lock | pulls | waiters | freeze |
+    #            history | done | events | endpoints | notify | other
     rest: str = ""
 
 
@@ -103,6 +104,13 @@ class Keys:
     def slots(self, c: str, pool: str) -> str:
         """The slot keys of one pool: `lock` (rollout/switch slots) or `pulls`."""
         return f"{self.component(c)}{pool}/"
+
+    def waiters(self, c: str) -> str:
+        """The hosts waiting for a rollout slot (gantryd/slot_queue.py), on their leases."""
+        return self.component(c) + "waiters/"
+
+    def waiter(self, c: str, m: str) -> str:
+        return self.waiters(c) + check_segment("machine", m)
 
     def freeze(self, c: str) -> str:
         return self.component(c) + "freeze"
@@ -170,7 +178,7 @@ class Keys:
         parts = rel.split("/", 3)
         if len(parts) >= 3 and parts[0] == "components":
             kind = parts[2] if parts[2] in ("desired", "traffic", "machines", "lock", "pulls",
-                                            "freeze", "history", "done", "events",
+                                            "waiters", "freeze", "history", "done", "events",
                                             "endpoints", "notify") \
                 else "other"
             return KeyRef(parts[1], kind, parts[3] if len(parts) > 3 else "")

@@ -444,10 +444,12 @@ class Store:
                 continue
             event = Event(EVENT_PREFIX[pool] + "acquired", machine, desired.revision,
                           slot=index, detail=detail, at=now_iso())
+            # Taking a rollout slot also takes this host out of the queue of waiters.
+            leave = [E.Delete(self.keys.waiter(component, machine))] if pool == SWITCH else []
             result = self.etcd.txn(
                 [E.absent(key), E.mod_revision_is(desired_key, desired.mod_revision)],
                 [E.Put(key, _dump({"machine": machine, "revision": desired.revision}), lease),
-                 self._event_put(component, event)])
+                 self._event_put(component, event), *leave])
             if result.succeeded:
                 return Slot(component, index, key, result.revision, desired.revision, pool)
             kv = self.etcd.get(key)
@@ -461,6 +463,23 @@ class Store:
         if current is None or current.mod_revision != desired.mod_revision:
             raise StoreError("the desired state changed")
         return None
+
+    # -- the hosts waiting for a rollout slot, in order (gantryd/slot_queue.py) ------------
+    def join_queue(self, component: str, machine: str,
+                   lease: int) -> tuple[int, int, set[str]] | None:
+        """Put this host's waiter key on `lease` (a key already there keeps its place) and
+        answer (the etcd revision read at, its own create revision, the keys of the hosts
+        queued before it); None when the key went meanwhile (its lease expired)."""
+        key = self.keys.waiter(component, machine)
+        self.etcd.put(key, machine.encode(), lease=lease)
+        kvs, revision = self.etcd.get_prefix(self.keys.waiters(component))
+        own = next((kv.create_revision for kv in kvs if kv.key == key), None)
+        if own is None:
+            return None
+        return revision, own, {kv.key for kv in kvs if kv.create_revision < own}
+
+    def leave_queue(self, component: str, machine: str) -> None:
+        self.etcd.delete(self.keys.waiter(component, machine))
 
     def release_slot(self, slot: Slot, machine: str, outcome: str = "released",
                      detail: str | None = None) -> bool:

@@ -11,6 +11,7 @@ from gantry.errors import GantryError
 from fleet_helpers import component, wait_for
 
 HOSTS = ("h1", "h2")
+HOSTS_3 = ("h1", "h2", "h3")
 
 
 def test_settings_are_checked():
@@ -57,3 +58,35 @@ def test_stop_failure_after_the_release_is_logged_and_recorded(fleet, test_image
         log = (fleet.host_dir(h) / "gantryd.log").read_text(errors="replace")
         assert "web: after the slot was released: could not stop/remove" in log, log
         assert "simulated failure" in log, log  # the engine's own error, as a warning
+
+
+@pytest.mark.long(40)
+def test_waiting_hosts_take_the_slot_in_line(fleet, test_images):
+    """maxParallel 1 on three light hosts: the two that find the slot busy queue up
+    (gantryd/slot_queue.py), each release wakes the one in front, the slot goes in the order
+    they queued, and no waiter key is left behind."""
+    fleet.env[simulated.ENV] = "start=0.5,ready=0,stop=0"
+    fleet.setconfig(component(test_images, "v1", fleet.port, rollout={"maxParallel": 1}))
+    fleet.update()
+    fleet.start_all(hosts=tuple(HOSTS_3))
+    fleet.wait_done()
+    marks = {h: _log(fleet, h).count("ahead in line") for h in HOSTS_3}
+    fleet.setconfig(component(test_images, "v2", fleet.port, rollout={"maxParallel": 1}))
+    fleet.update()
+    fleet.wait_done()
+    revision = fleet.store.desired("web").revision
+    acquired = [e.machine for e in fleet.store.events("web")
+                if e.kind == "acquired" and e.revision == revision]
+    places = {}
+    for h in HOSTS_3:
+        lines = _log(fleet, h).split("every rollout slot is busy; ")[1 + marks[h]:]
+        if lines:  # queued this rollout: its place when it joined
+            places[h] = int(lines[0].split(" ", 1)[0])
+    assert sorted(places.values()) == [0, 1], (places, fleet.logs())
+    first = next(h for h in acquired if h not in places)
+    assert acquired == [first, *sorted(places, key=places.get)], (acquired, places)
+    assert fleet.store.etcd.get_prefix(fleet.store.keys.waiters("web"))[0] == []
+
+
+def _log(fleet, host: str) -> str:
+    return (fleet.host_dir(host) / "gantryd.log").read_text(errors="replace")

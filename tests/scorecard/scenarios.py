@@ -43,7 +43,7 @@ MACHINE_LABEL = "io.gantry.machine"
 
 # Short timeouts keep every row brief; load requests (2 s at most) fit the drain timeout.
 BASE_CONFIG: dict[str, Any] = {"readyTimeout": 4, "drainTimeout": 10, "stopTimeout": 1}
-SLOW_SECONDS = 2
+SLOW_SECONDS = 1
 SETTLE_TIMEOUT = 30  # how long the fleet may take to remove what it retires, before "leaked"
 
 
@@ -773,7 +773,7 @@ def _run_on(sc: Scenario, fleet: Fleet, images, cluster, row: Row) -> None:
     fleet.deploy_v1(images, **BASE_CONFIG)
     targets = [fleet.address(h) for h in HOSTS]
     load = loadgen.Load(targets, short_workers=2, slow_workers=1, slow_seconds=SLOW_SECONDS,
-                        timeout=30, pause=0.01)
+                        timeout=30, pause=0.05)
     run = Run(fleet, images, load, dict(BASE_CONFIG), cluster)
     load.start()
     try:
