@@ -19,9 +19,19 @@ def checks_of(component: Any) -> Sequence[Any]:
     return component.health_checks or component.ready_checks
 
 
+# Ready checks standing in for health checks are run at most this often: their interval is
+# chosen to notice a starting container early, and a running one probed every 0.1 s on every
+# host costs CPU for nothing (`healthChecks` with their own interval go as fast as they say).
+FALLBACK_INTERVAL = 1.0
+
+
 def interval_of(component: Any) -> float:
-    """How often a round of checks runs: the shortest check interval (1 s without checks)."""
-    return min((float(c.interval) for c in checks_of(component)), default=1.0)
+    """How often a round of checks runs: the shortest health check interval; without health
+    checks the shortest ready check interval, but not more often than every second."""
+    if component.health_checks:
+        return min(float(c.interval) for c in component.health_checks)
+    return max(FALLBACK_INTERVAL, min((float(c.interval) for c in component.ready_checks),
+                                      default=FALLBACK_INTERVAL))
 
 
 @dataclass

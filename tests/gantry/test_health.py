@@ -25,7 +25,11 @@ def test_checks_and_interval_fall_back_to_the_ready_checks():
     assert H.checks_of(with_health) == with_health.health_checks
     ready_only = make_component(healthChecks=[])
     assert H.checks_of(ready_only) == ready_only.ready_checks
-    assert H.interval_of(ready_only) == 0.2
+    assert H.interval_of(ready_only) == 1.0  # ready checks every 0.2 s: health rounds 1 s
+    slow_ready = make_component(healthChecks=[], readyChecks=[
+        {"kind": "http", "port": 8080, "path": "/health", "interval": 3}])
+    assert H.interval_of(slow_ready) == 3.0
+    assert H.interval_of(with_health) == min(c.interval for c in with_health.health_checks)
     assert H.interval_of(make_component(healthChecks=[], readyChecks=[])) == 1.0
 
 
