@@ -80,6 +80,9 @@ class Daemon:
         self._problem: str | None = None
         self._watch: E.Watch | None = None
         self._docker_events: Any = None
+        # Set by a turn that made, moved or removed routes: the traffic thread then looks at
+        # them once (not on every turn: that is an etcd read per wake-up of every host).
+        self._routes_touched = False
         # Pause/maintenance from etcd, applied in a thread of its own (fast while we update);
         # a change of what the routes do is reported through our loop.
         self.traffic = TrafficSync(store, self.components, lifecycle, on_change=self.wake.set)
@@ -194,7 +197,9 @@ class Daemon:
                         self._finish(component)
                         self.reconcile(component)
                     self._healthy()
-                    self.traffic.poke()  # a route this turn created gets its pause too
+                    if self._routes_touched:  # a route this turn made gets its pause too
+                        self._routes_touched = False
+                        self.traffic.poke()
                     delay = BACKOFF_START
                     self.wake.wait(self.resync_interval)
                 except MachineTaken:
@@ -310,6 +315,7 @@ class Daemon:
             # Clean: one running, routed container, or that and its canary (a whole split).
             if sorted(c.state for c in containers) in ([], ["running"], ["canary", "running"]):
                 return
+        self._routes_touched = True
         self.lifecycle.recover(desired.model())
         self.recovered.add(component)
 
@@ -344,6 +350,7 @@ class Daemon:
         elif decision.action in (R.STOP, R.KILL):
             assert desired is not None
             self.report(component, "stopping", revision, live, decision.reason)
+            self._routes_touched = True
             self.lifecycle.stop(desired.model(), kill=decision.action == R.KILL)
             self.report(component, desired.status, revision, None)
         else:
@@ -429,6 +436,7 @@ class Daemon:
                 self.wake.set()
         try:
             # An update, or a canary step (which keeps the slot to its end).
+            self._routes_touched = True
             done = split.apply(self.lifecycle, desired, live, on_drained=drained)
             if early:
                 # The old containers and the images retention pruned went after the status
