@@ -117,14 +117,14 @@ class Daemon:
                 self.traffic.poke()
             elif ref.kind in ("desired", "freeze"):
                 self.wake.set()
-            elif event.kind != "delete":
-                # A slot key being taken frees nothing: only a release (or an expiry) of a
-                # slot can let a waiting host on.
-                continue
             elif ref.kind == "lock":
-                # Only the first hosts in line wake (gantryd/slot_queue.py).
-                if self.queue.slot_freed(ref.component):
+                # Only a release (or an expiry) can let a waiting host on, and only the
+                # first in line wake for it (gantryd/slot_queue.py).
+                if self.queue.slot_changed(ref.component, event.key, event.kind == "delete",
+                                           event.mod_revision):
                     self.wake.set()
+            elif event.kind != "delete":
+                continue
             elif ref.kind == "waiters":
                 if self.queue.waiter_gone(ref.component, event.key, event.mod_revision):
                     self.wake.set()
@@ -408,7 +408,9 @@ class Daemon:
             self.wake.set()  # desired changed under us: decide again
             return
         if slot is None:
-            ahead = self.queue.join(component, self.lease.id, desired.max_parallel or 0)
+            ahead, again = self.queue.join(component, self.lease.id, desired.max_parallel or 0)
+            if again:
+                self.wake.set()
             if remediation is None:
                 self.report(component, "waiting", desired.revision, live,
                             "waiting for a rollout slot")

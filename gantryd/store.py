@@ -277,6 +277,16 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Line:
+    """The waiters before a host and the rollout slots held, as read (gantryd/slot_queue.py)."""
+
+    ahead: frozenset[str]
+    held: frozenset[str]
+    waiters_revision: int
+    slots_revision: int
+
+
+@dataclass(frozen=True)
 class Slot:
     """A rollout slot held by this host: the lock key and its create revision."""
 
@@ -465,18 +475,20 @@ class Store:
         return None
 
     # -- the hosts waiting for a rollout slot, in order (gantryd/slot_queue.py) ------------
-    def join_queue(self, component: str, machine: str,
-                   lease: int) -> tuple[int, int, set[str]] | None:
+    def join_queue(self, component: str, machine: str, lease: int) -> Line | None:
         """Put this host's waiter key on `lease` (a key already there keeps its place) and
-        answer (the etcd revision read at, its own create revision, the keys of the hosts
-        queued before it); None when the key went meanwhile (its lease expired)."""
+        read the line: the waiters before it and the rollout slots held (None when our key
+        went meanwhile: its lease expired)."""
         key = self.keys.waiter(component, machine)
         self.etcd.put(key, machine.encode(), lease=lease)
-        kvs, revision = self.etcd.get_prefix(self.keys.waiters(component))
+        kvs, waiters_revision = self.etcd.get_prefix(self.keys.waiters(component))
         own = next((kv.create_revision for kv in kvs if kv.key == key), None)
         if own is None:
             return None
-        return revision, own, {kv.key for kv in kvs if kv.create_revision < own}
+        slots, slots_revision = self.etcd.get_prefix(self.keys.locks(component))
+        return Line(ahead=frozenset(kv.key for kv in kvs if kv.create_revision < own),
+                    held=frozenset(kv.key for kv in slots), waiters_revision=waiters_revision,
+                    slots_revision=slots_revision)
 
     def leave_queue(self, component: str, machine: str) -> None:
         self.etcd.delete(self.keys.waiter(component, machine))

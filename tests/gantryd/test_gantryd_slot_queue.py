@@ -1,4 +1,4 @@
-"""gantryd/slot_queue.py: a freed rollout slot wakes the first hosts in line, not all of
+"""gantryd/slot_queue.py: a freed rollout slot wakes the first host in line, not all of
 them; against the real (session) etcd and its watch."""
 from __future__ import annotations
 
@@ -24,12 +24,11 @@ class Host:
         # What gantryd/daemon.py's watch does with slot and waiter deletions.
         for event in batch.events:
             ref = self.store.keys.parse(event.key)
-            if event.kind != "delete":
-                continue
-            if ref.kind == "lock" and self.queue.slot_freed(ref.component):
+            if ref.kind == "lock" and self.queue.slot_changed(
+                    ref.component, event.key, event.kind == "delete", event.mod_revision):
                 self.woken.set()
-            if ref.kind == "waiters" and self.queue.waiter_gone(ref.component, event.key,
-                                                                event.mod_revision):
+            if ref.kind == "waiters" and event.kind == "delete" and self.queue.waiter_gone(
+                    ref.component, event.key, event.mod_revision):
                 self.woken.set()
 
     def try_slot(self, desired: Desired):
@@ -38,14 +37,16 @@ class Host:
         try:
             slot = self.store.acquire_slot("web", desired, self.machine, self.lease.id)
             if slot is None:
-                return self.queue.join("web", self.lease.id, desired.max_parallel)
+                ahead, again = self.queue.join("web", self.lease.id, desired.max_parallel)
+                assert not again  # every slot was busy when the line was read
+                return ahead
             self.queue.took_slot("web")
             return slot
         finally:
             self.queue.turn_ends("web")
 
 
-def test_a_release_wakes_the_first_hosts_in_line_and_taking_a_slot_leaves_the_line(store):
+def test_a_release_wakes_the_first_host_in_line_and_taking_a_slot_leaves_the_line(store):
     desired = store.change_desired(["web"], bump)["web"]  # maxParallel 2
     hosts = [Host(store, f"h{i}") for i in range(6)]
     watches = [store.watch(h.on_watch) for h in hosts]
@@ -62,23 +63,26 @@ def test_a_release_wakes_the_first_hosts_in_line_and_taking_a_slot_leaves_the_li
         assert hosts[3].try_slot(desired) == 1
 
         store.release_slot(slots[0], "h0")
-        # The two hosts in front (maxParallel 2) wake; the others do not.
-        wait_for(lambda: hosts[2].woken.is_set() and hosts[3].woken.is_set(), 10,
-                 "the first two in line to wake")
+        # One slot free: the host in front wakes, the others do not.
+        wait_for(hosts[2].woken.is_set, 10, "the first in line to wake")
         got = hosts[2].try_slot(desired)
         assert hasattr(got, "index")  # h2 took it, which took it out of the line
-        # h4 moved up to second in line: woken once, to try whether a slot is free.
-        wait_for(hosts[4].woken.is_set, 10, "h4 to move up")
-        assert not hosts[5].woken.is_set()
         assert [kv.key.rsplit("/", 1)[1] for kv in
                 store.etcd.get_prefix(store.keys.waiters("web"))[0]] == ["h3", "h4", "h5"]
+        store.release_slot(slots[1], "h1")  # the next release wakes the next in line
+        wait_for(hosts[3].woken.is_set, 10, "h3 to wake")
+        assert not any(h.woken.is_set() for h in hosts[4:])
+        hosts[3].woken.clear()
 
-        # A host that no longer waits (its turn wanted no slot) leaves the line; a dead host's
-        # key goes with its lease: either way the ones behind move up.
+        # h3 does not take the free slot: it no longer waits (its turn wanted no slot), and
+        # leaves the line; h4, now in front with a slot free, wakes and takes it. Then h4
+        # dies: its slot goes with its lease, and h5, in front now, wakes for it.
         hosts[3].queue.turn_begins("web")
         hosts[3].queue.turn_ends("web")
-        hosts[4].lease.revoke()
-        wait_for(hosts[5].woken.is_set, 10, "h5 to move up")
+        wait_for(hosts[4].woken.is_set, 10, "h4 to move up to the free slot")
+        assert hasattr(hosts[4].try_slot(desired), "index")
+        hosts[4].lease.revoke()  # h4 dies holding the slot
+        wait_for(hosts[5].woken.is_set, 10, "h5 to wake for the slot h4's lease freed")
         assert store.etcd.get_prefix(store.keys.waiters("web"))[0][0].key.endswith("/h5")
     finally:
         for w in watches:
@@ -92,9 +96,24 @@ def test_a_place_taken_while_its_watch_missed_events_wakes_on_every_release(stor
     host = Host(store, "h1")
     try:
         host.queue.join("web", host.lease.id, 2)
-        host.queue.forget()  # a watch resync: the set ahead may be stale
-        assert host.queue.slot_freed("web")
+        host.queue.forget()  # a watch resync: the line as we know it may be stale
+        assert host.queue.slot_changed("web", "any/lock/0", True, 1)
         assert host.try_slot(desired) is not None  # a free slot: taken
-        assert not host.queue.slot_freed("web")  # out of line: no more wake-ups
+        assert not host.queue.slot_changed("web", "any/lock/0", True, 2)  # out of line
     finally:
         host.lease.revoke()
+
+
+def test_a_slot_freed_before_the_line_was_read_is_tried_at_once(store):
+    """All busy at the slot read, one released before the host is in line: nobody will wake
+    it for that release, so joining says to try again at once."""
+    desired = store.change_desired(["web"], bump)["web"]  # maxParallel 2
+    hosts = [Host(store, f"h{i}") for i in range(3)]
+    try:
+        a, _ = [h.try_slot(desired) for h in hosts[:2]]
+        assert hosts[2].store.acquire_slot("web", desired, "h2", hosts[2].lease.id) is None
+        store.release_slot(a, "h0")
+        assert hosts[2].queue.join("web", hosts[2].lease.id, 2) == (0, True)
+    finally:
+        for h in hosts:
+            h.lease.revoke()
