@@ -215,7 +215,9 @@ class Component:
         "Checks that must all pass before traffic switches to a new container.", default=())
     health_checks: tuple[Check, ...] = spec(
         "healthChecks", ListOf(Obj(Check), noun="checks"),
-        "Checks run while monitoring a running container.", default=())
+        "Checks run while monitoring a running container (`gantry monitor`, `gantryd run`, "
+        "the bake), every shortest `interval` of them. Without them the ready checks stand "
+        "in, run at most once a second.", default=())
     ready_timeout: float = spec("readyTimeout", SECONDS,
                                 "Deadline for the ready checks to pass.", default=60.0)
     health_failures: int = spec("healthFailures", POSITIVE,
