@@ -103,6 +103,10 @@ class Daemon:
         self.traffic.poke()
         self.health.poke()
 
+    def _on_watch_shared(self, batch: E.WatchBatch) -> None:
+        self.notifier.feed(batch)
+        self._on_watch(batch)
+
     def _on_watch(self, batch: E.WatchBatch) -> None:
         if batch.resync:
             self.queue.forget()
@@ -175,7 +179,9 @@ class Daemon:
             raise
         except Exception as exc:  # etcd away: the loop claims it once etcd answers
             self._trouble(exc)
-        self._watch = self.store.watch(self._on_watch, on_state=self._on_watch_state)
+        # One watch of the project per host: the notifier takes its events from ours.
+        self._watch = self.store.watch(self._on_watch_shared, on_state=self._on_watch_state)
+        self.notifier.share(self._watch)
         threading.Thread(target=self._watch_docker, name="docker-events", daemon=True).start()
         threading.Thread(target=self.traffic.run, args=(self.stopping,), name="traffic",
                          daemon=True).start()

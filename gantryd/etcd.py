@@ -646,6 +646,7 @@ class Watch:
         self._cancelled = threading.Event()
         self._call = None
         self._requests: queue.Queue | None = None
+        self.started = threading.Event()  # etcd created the watch: nothing after is missed
         self._thread = threading.Thread(target=self._run, name=f"watch-{prefix}", daemon=True)
         self._thread.start()
 
@@ -693,6 +694,7 @@ class Watch:
                     if response.created:
                         if self.next_revision is None:
                             self.next_revision = response.header.revision + 1
+                        self.started.set()
                         if not up:
                             up = True
                             delay = 0.1

@@ -87,6 +87,12 @@ class Notifier:
         self._stop = threading.Event()
         self._batches: queue.Queue[E.WatchBatch | None] = queue.Queue()
         self._watch: E.Watch | None = None
+        # A watch of the whole project shared with the daemon (`share`), fed by `feed`:
+        # one stream per host instead of two, each event decoded once.
+        self._shared: E.Watch | None = None
+        self._listening = False  # batches of the shared watch are queued from now on
+        self._begun = False
+        self._since = 0  # events up to this revision were taken from the catch-up read
         self._lease: E.Lease | None = None
         self._lock = threading.Lock()
         self._queues: dict[str, queue.Queue[str]] = {}  # target id -> record keys
@@ -102,6 +108,16 @@ class Notifier:
         self._thread: threading.Thread | None = None
 
     # -- life ------------------------------------------------------------------------------
+    def share(self, watch: E.Watch) -> None:
+        """Take our events from `watch` (a watch of the whole project whose callback calls
+        `feed`) instead of opening a watch of our own. Call before `start`."""
+        self._shared = watch
+
+    def feed(self, batch: E.WatchBatch) -> None:
+        """A batch of the shared watch."""
+        if self._listening:
+            self._batches.put(batch)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="notify", daemon=True)
         self._thread.start()
@@ -122,7 +138,7 @@ class Notifier:
         next_rescan = 0.0
         while not self._stop.is_set():
             try:
-                if self._ensure_lease() or self._watch is None:
+                if self._ensure_lease() or not self._begun:
                     self._begin()
                     next_rescan = time.monotonic() + RESCAN_INTERVAL
                 if batch is None:
@@ -165,7 +181,13 @@ class Notifier:
         return True
 
     def _begin(self) -> None:
-        if self._watch is None:
+        if not self._begun:
+            if self._shared is not None:
+                # Created before the read below: every event after it comes through the
+                # shared watch (those up to the read are dropped as seen).
+                if not self._shared.started.wait(5.0):
+                    raise E.EtcdError("the project's etcd watch is not up yet")
+                self._listening = True
             cursor = self._read_cursor()
             if cursor is None:  # the first notifier ever: news since targets were configured
                 config = self.store.etcd.get(self.keys.config)
@@ -176,8 +198,10 @@ class Notifier:
             else:
                 kvs, revision = self.store.etcd.get_prefix(self.keys.root)
                 self._catch_up(kvs, cursor)
-            self._seen = revision
-            self._watch = self.store.watch(self._batches.put, start_revision=revision + 1)
+            self._seen = self._since = revision
+            if self._shared is None:
+                self._watch = self.store.watch(self._batches.put, start_revision=revision + 1)
+            self._begun = True
         self._adopt_orphans()
 
     def _next_batch(self, next_rescan: float) -> E.WatchBatch | None:
@@ -197,14 +221,17 @@ class Notifier:
             self._adopt_orphans()
             self._seen = revision
             return
-        facts = [(ev.mod_revision, f) for ev in batch.events if ev.kind == "put"
+        events = [ev for ev in batch.events if ev.mod_revision > self._since]
+        if not events:
+            return
+        facts = [(ev.mod_revision, f) for ev in events if ev.kind == "put"
                  and (f := N.derive(self.keys, ev.key, ev.value, ev.mod_revision))]
         self._claim_all(facts)
-        for ev in batch.events:
+        for ev in events:
             if ev.kind == "delete" and ev.key.endswith(OWNER) and \
                     self.keys.parse(ev.key).kind == "notify":
                 self._adopt(ev.key[:-len(OWNER)])
-        self._seen = max(self._seen, max(ev.mod_revision for ev in batch.events))
+        self._seen = max(self._seen, max(ev.mod_revision for ev in events))
 
     def _catch_up(self, kvs: Iterable[E.KeyValue], since: int) -> None:
         self._claim_all(sorted(

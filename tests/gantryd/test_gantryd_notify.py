@@ -204,11 +204,16 @@ def test_post_classifies_answers(receiver):
 
 # -- notifiers on the real etcd ------------------------------------------------------------------
 
-def _notifiers(etcd, project: str, names: list[str]) -> tuple[list[Notifier], list[Etcd]]:
+def _notifiers(etcd, project: str, names: list[str],
+               shared: bool = False) -> tuple[list[Notifier], list[Etcd]]:
+    """Started notifiers; `shared`: each fed by a project watch of its own client, as
+    `gantryd run` shares its daemon's watch."""
     clients = [Etcd(etcd.endpoints) for _ in names]
     notifiers = [Notifier(Store(c, project), name, lease_ttl=2, backoff=FAST)
                  for c, name in zip(clients, names, strict=True)]
     for n in notifiers:
+        if shared:
+            n.share(n.store.watch(n.feed))
         n.start()
     return notifiers, clients
 
@@ -216,6 +221,8 @@ def _notifiers(etcd, project: str, names: list[str]) -> tuple[list[Notifier], li
 def _close(notifiers: list[Notifier], clients: list[Etcd]) -> None:
     for n in notifiers:
         n.close()
+        if n._shared is not None:
+            n._shared.cancel()
     for c in clients:
         c.close()
 
@@ -225,12 +232,13 @@ def _record(store: Store, revision: int, name: str) -> dict | None:
     return json.loads(kv.value) if kv else None
 
 
-def test_many_notifiers_deliver_each_event_once(etcd, project, receiver, store):
+@pytest.mark.parametrize("shared", [False, True], ids=["own-watch", "shared-watch"])
+def test_many_notifiers_deliver_each_event_once(etcd, project, receiver, store, shared):
     store.set_config(parse_config({"components": [BASE], "notifications":
                                    notifications(receiver, events=["started"])}))
-    notifiers, clients = _notifiers(etcd, project, ["h1", "h2", "h3"])
+    notifiers, clients = _notifiers(etcd, project, ["h1", "h2", "h3"], shared)
     try:
-        wait_for(lambda: all(n._watch is not None for n in notifiers), 10, "the watches")
+        wait_for(lambda: all(n._begun for n in notifiers), 10, "the watches")
         store.change_desired(["web"], lambda c, cur: version(1))
         store.etcd.put(store.keys.done_entry("web", 1), b'{"revision":1,"at":"x","seconds":2}')
         wait_for(lambda: receiver.ids("/slack") and receiver.ids("/json"), 15, "deliveries")
@@ -256,7 +264,7 @@ def test_refused_delivery_is_not_retried_and_a_late_notifier_catches_up(
                                    "notifications": notifications(receiver)[:1]}))
     notifiers, clients = _notifiers(etcd, project, ["h1"])
     try:
-        wait_for(lambda: notifiers[0]._watch is not None, 10, "the watch")
+        wait_for(lambda: notifiers[0]._begun, 10, "the watch")
         receiver.status = 400
         store.change_desired(["web"], lambda c, cur: version(1))
         record = wait_for(lambda: (r := _record(store, 1, "started")) and
@@ -289,7 +297,7 @@ def test_a_target_gives_up_in_time_and_one_removed_from_the_config_is_dropped(
                         backoff=N.Backoff(0.1, 0.3, 2.0))
     notifier.start()
     try:
-        wait_for(lambda: notifier._watch is not None, 10, "the watch")
+        wait_for(lambda: notifier._begun, 10, "the watch")
         store.change_desired(["web"], lambda c, cur: version(1))
         wait_for(lambda: _record(store, 1, "started"), 10, "the claim")
         store.set_config(parse_config({"components": [BASE], "notifications": targets[1:]}))
