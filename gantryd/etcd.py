@@ -219,6 +219,9 @@ _CONNECT_REASONS = (
 )
 
 
+_HUNG_UP = ("Socket closed", "Handshake read failed", "Connection reset by peer")
+
+
 def _unreachable(exc: BaseException | None, tls: bool) -> _Unreachable:
     """Why a connection failed, from the gRPC error behind `exc` (python-etcd3 raises its
     own exception while handling gRPC's, which stays in the chain)."""
@@ -230,9 +233,11 @@ def _unreachable(exc: BaseException | None, tls: bool) -> _Unreachable:
     for needle, reason, handshake in _CONNECT_REASONS:
         if needle in details:
             return _Unreachable(reason, handshake)
-    if "Socket closed" in details:  # the peer hung up during the handshake
-        if tls:
-            return _Unreachable("TLS handshake failed: does the endpoint serve TLS?", True)
+    # The peer hung up during the handshake: gRPC says "Socket closed" or, when the reset
+    # comes while it reads the TLS answer, "Handshake read failed (...reset by peer)".
+    if tls and any(text in details for text in _HUNG_UP):
+        return _Unreachable("TLS handshake failed: does the endpoint serve TLS?", True)
+    if "Socket closed" in details:
         return _Unreachable("connection closed at once: does the endpoint require TLS "
                             "(--ca-cert)?", False)
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:

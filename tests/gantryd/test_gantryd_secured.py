@@ -300,3 +300,34 @@ def test_failover_authenticates_on_each_member(secured):
         for index in range(3):  # a graceful stop with a member gone takes seconds (~7 s)
             cluster.kill(index)
         cluster.stop()
+
+
+class _RpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.parametrize("details", [
+    "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: "
+    "Socket closed",
+    "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: "
+    "Handshake read failed (recvmsg:Connection reset by peer (104))",
+])
+def test_a_hang_up_during_the_tls_handshake_asks_whether_the_endpoint_serves_tls(details):
+    """A plain listener hangs up on a TLS hello either way gRPC may word it (the second one
+    came in a CI run, and printed gRPC's own words instead of the question)."""
+    try:
+        raise RuntimeError("python-etcd3's own exception") from None
+    except RuntimeError as outer:
+        outer.__context__ = _RpcError(grpc.StatusCode.UNAVAILABLE, details)
+        reason = E._unreachable(outer, tls=True)
+    assert (reason.reason, reason.handshake) == (
+        "TLS handshake failed: does the endpoint serve TLS?", True)
+    plain = E._unreachable(_RpcError(grpc.StatusCode.UNAVAILABLE, details), tls=False)
+    assert plain.handshake is False
