@@ -15,9 +15,11 @@ setup(
     scripts=["scripts/aliases/gantry.py", "scripts/aliases/gantryd.py"],
     install_requires=[
         "docker>=7.0",
-        "etcd3==0.12.0",
-        # python-etcd3's generated code predates protobuf 4; gantryd.etcd selects the
+        # gantryd talks to etcd through its JSON gateway (the standard library); these are
+        # for gRPC where the gateway cannot serve (gantryd/etcd_grpc.py, imported only then).
+        # python-etcd3's generated code predates protobuf 4; gantryd.etcd_grpc selects the
         # pure-python protobuf implementation before the first import so any protobuf works.
+        "etcd3==0.12.0",
         "protobuf>=3.20",
         "grpcio>=1.50",
         "twisted[tls]>=23.8",  # tls: gantryd serve --tls-cert

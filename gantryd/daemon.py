@@ -608,7 +608,6 @@ def run(store: Store, components: Sequence[str], machine: str, proxy_socket: str
                     proxy_pid=lambda: ProxyClient(proxy_socket, timeout=5).ping()["pid"],
                     advertise=advertise, lease=lease, claimant=me)
     _on_signals(daemon.stop)
-    E.Etcd.quiet_streams()  # our watches are read in threads: no 10 Hz wake-ups per stream
     daemon.run()
     return 0
 

@@ -23,8 +23,10 @@ def test_kill_9_during_ready_checks(cli, docker_client, project, proxy):
     with Load([target(c)], short_workers=2) as load:
         cli.write_config({**web, "tag": "never-ready"})
         updating = cli.spawn("update", "web")
-        wait_for(lambda: len(project_containers(docker_client, project)) == 2, 30,
-                 "the new container")
+        # Started, not only created: killed in between, it would be a stopped container
+        # (cleaned up too, but by another path than the one this test is about).
+        wait_for(lambda: [c.status for c in project_containers(docker_client, project)]
+                 == ["running", "running"], 30, "the new container running")
         updating.kill()  # SIGKILL: no cleanup of any kind
         updating.wait(10)
         assert len(project_containers(docker_client, project)) == 2  # left behind

@@ -51,7 +51,7 @@ def test_a_release_wakes_the_first_host_in_line_and_taking_a_slot_leaves_the_lin
     hosts = [Host(store, f"h{i}") for i in range(6)]
     watches = [store.watch(h.on_watch) for h in hosts]
     try:
-        wait_for(lambda: all(w._call is not None for w in watches), 10, "the watches")
+        wait_for(lambda: all(w.started.is_set() for w in watches), 10, "the watches")
         slots = [hosts[0].try_slot(desired), hosts[1].try_slot(desired)]
         assert all(s is not None and hasattr(s, "index") for s in slots)
         # h2..h5 queue in this order: 0, 1, 2, 3 hosts ahead.

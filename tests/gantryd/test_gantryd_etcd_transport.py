@@ -1,0 +1,67 @@
+"""gantryd's etcd client over its two transports: etcd's JSON gateway (the default) and gRPC,
+which it takes by itself when the gateway cannot serve it: turned off (here) or refusing a
+client certificate's CN as the user (test_gantryd_secured). Real etcds."""
+from __future__ import annotations
+
+import pytest
+
+import rig
+from fleet_helpers import wait_for
+from gantryd import etcd as E
+
+
+@pytest.fixture(scope="module")
+def no_gateway():
+    """An etcd started with its JSON gateway turned off."""
+    cluster = rig.EtcdCluster(extra_args=("--enable-grpc-gateway=false",)).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.mark.parametrize("transport", ["gateway", "grpc"])
+def test_the_same_calls_and_answers_over_both_transports(transport, etcd, no_gateway, project):
+    client = E.Etcd(etcd.endpoints if transport == "gateway" else no_gateway.endpoints)
+    base = f"/t/{project}/"
+    seen: list[E.WatchBatch] = []
+    watch = client.watch_prefix(base, seen.append)
+    try:
+        wait_for(watch.started.is_set, 10, "the watch")
+        put_at = client.put(base + "a", b"1")
+        assert client.get(base + "a") == E.KeyValue(base + "a", b"1", put_at, put_at, 1, 0)
+        assert client.get(base + "none") is None
+
+        lease = client.lease(10)
+        assert 0 < client.refresh(lease.id) <= 10
+        binary = bytes(range(256))
+        taken = client.txn([E.absent(base + "b")], [E.Put(base + "b", binary, lease.id)])
+        assert taken == E.TxnResult(True, put_at + 1)
+        assert client.txn([E.absent(base + "b")], [E.Put(base + "b", b"x")],
+                          [E.Put(base + "c", b"y")]) == E.TxnResult(False, put_at + 2)
+        assert client.txn([E.Compare(base + "c", "value", "==", b"y"),
+                           E.Compare(base + "c", "version", ">", 0)],
+                          [E.Delete(base + "c")]) == E.TxnResult(True, put_at + 3, 1)
+
+        kvs, at = client.get_prefix(base)
+        assert [(kv.key, kv.value, kv.lease) for kv in kvs] == [
+            (base + "a", b"1", 0), (base + "b", binary, lease.id)]
+        assert at == put_at + 3 == client.revision()
+        assert client.get_keys(base) == [base + "a", base + "b"]
+
+        lease.revoke()  # its key goes with it
+        assert client.get(base + "b") is None
+        assert client.refresh(lease.id) <= 0
+        with pytest.raises(E.LeaseLost):
+            client.put(base + "d", b"x", lease=lease.id)
+        assert client.delete(base, prefix=True) == 1
+
+        def events() -> list[tuple[str, str, bytes]]:
+            return [(e.kind, e.key.removeprefix(base), e.value)
+                    for batch in seen for e in batch.events]
+        wait_for(lambda: len(events()) >= 6, 10, "the watch events")
+        assert events() == [("put", "a", b"1"), ("put", "b", binary), ("put", "c", b"y"),
+                            ("delete", "c", b""), ("delete", "b", b""), ("delete", "a", b"")]
+    finally:
+        watch.cancel()
+        client.close()
+    assert not watch._thread.is_alive()
+    assert client._grpc is (transport == "grpc")
