@@ -414,7 +414,11 @@ class ClientSide:
     def dial_done(self) -> None:
         """The backend socket became writable: connected, or refused."""
         sock = self.server.sock  # type: ignore[union-attr]
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        # On a reactor that reports a failed connect as a hang-up (connectionLost), a write
+        # event means connected: asking the socket for its error would be a syscall for
+        # nothing, one per connection.
+        if not getattr(self.reactor, "connect_errors_as_hangups", False) \
+                and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             self.dial_failed(refused=True)
         else:
             self.dials.discard(self)

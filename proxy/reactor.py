@@ -5,6 +5,7 @@
   The proxy logs nothing per event, so it dispatches directly.
 - A bare read event (most events) calls doRead without the generic `_doReadOrWrite` checks.
 - `forget` unregisters a socket about to be closed without an epoll_ctl call.
+- A write event of a connecting socket means it connected (`connect_errors_as_hangups`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from twisted.python import log
 
 
 class ProxyReactor(EPollReactor):
+    # A connect that failed makes epoll report EPOLLERR|EPOLLHUP, which goes to the
+    # selectable's connectionLost, never to doWrite (see forward.ClientSide.dial_done).
+    connect_errors_as_hangups = True
+
     def doPoll(self, timeout: float | None) -> None:
         try:
             events = self._poller.poll(-1 if timeout is None else timeout,
