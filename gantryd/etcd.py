@@ -572,6 +572,8 @@ class Watch:
             except EtcdError as exc:  # connecting failed
                 log.debug("etcd watch on %s: %s", self.prefix.decode(), exc)
             except Exception:  # a bug in the callback must not kill the watch silently
+                if self._cancelled.is_set():
+                    return  # (whatever the cancelled stream raised on its way out)
                 log.exception("etcd watch callback failed")
             finally:
                 with self._stream_lock:
@@ -637,5 +639,5 @@ class Watch:
         with self._stream_lock:
             stream = self._stream
         if stream is not None:
-            stream.close()
+            stream.interrupt()  # the watch thread closes it
         self._thread.join(timeout=5)

@@ -274,10 +274,16 @@ class Stream:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise self._owner._unreachable(exc) from None
 
-    def close(self) -> None:
-        """End the stream; a thread blocked reading it wakes at once."""
+    def interrupt(self) -> None:
+        """From another thread: end the stream; its reader wakes at once (and closes it).
+        Only the socket is shut down: closing the connection under a reader breaks
+        http.client's own state."""
         try:  # the plain socket's shutdown, also under TLS: it wakes a blocked reader
             socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def close(self) -> None:
+        """From the reading thread, once done with the stream."""
+        self.interrupt()
         self._conn.close()

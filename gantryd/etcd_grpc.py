@@ -139,3 +139,5 @@ class Stream:
     def close(self) -> None:
         self._requests.put(None)
         self._call.cancel()
+
+    interrupt = close  # (cancelling a gRPC call is safe from any thread)

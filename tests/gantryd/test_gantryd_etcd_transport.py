@@ -65,3 +65,22 @@ def test_the_same_calls_and_answers_over_both_transports(transport, etcd, no_gat
         client.close()
     assert not watch._thread.is_alive()
     assert client._grpc is (transport == "grpc")
+
+
+@pytest.mark.parametrize("transport", ["gateway", "grpc"])
+def test_cancelling_watches_while_they_wait_logs_nothing(transport, etcd, no_gateway, project,
+                                                        caplog):
+    """A watch cancelled from another thread while its thread waits in a read ends quietly
+    (closing the HTTP connection under the reader once broke http.client's state, and the
+    watch logged a traceback; `gantryd serve` and the daemons cancel watches as they stop)."""
+    client = E.Etcd(etcd.endpoints if transport == "gateway" else no_gateway.endpoints)
+    try:
+        watches = [client.watch_prefix(f"/t/{project}/{i}/", lambda batch: None)
+                   for i in range(20)]
+        wait_for(lambda: all(w.started.is_set() for w in watches), 20, "the watches")
+        for w in watches:
+            w.cancel()
+        assert not any(w._thread.is_alive() for w in watches)
+    finally:
+        client.close()
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")], caplog.text
