@@ -110,7 +110,7 @@ _NOT_TLS = "TLS handshake failed: does the endpoint serve TLS?"
 
 class Connection:
     """HTTP connections to one endpoint, kept open and reused (one per concurrent call);
-    `token` (from `authenticate`) goes with every request."""
+    `token`, etcd's auth token (set by gantryd.etcd), goes with every request."""
 
     def __init__(self, host: str, port: int, context: ssl.SSLContext | None, timeout: float):
         self.host, self.port = host, port
