@@ -93,18 +93,19 @@ def _tls_reason(exc: ssl.SSLError, connected: bool) -> str:
     """A failed TLS exchange in words; `connected`: after our side of the handshake."""
     text = str(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        if "mismatch" in text:
-            return "TLS: the server's certificate does not name this host"
-        return "TLS: the server's certificate is not signed by the CA of --ca-cert"
+        return WRONG_HOST if "mismatch" in text else WRONG_CA
     # The server sent an alert about our certificate, or (TLS 1.3, where it judges it after
     # the handshake) hung up on the first request.
     if "ALERT" in text.upper() or connected:
-        return _CERT_REFUSED
+        return CERT_REFUSED
     return _NOT_TLS
 
 
-_CERT_REFUSED = ("TLS: the server refused the client certificate (none given, or not signed "
-                 "by a CA it trusts: check --cert/--key)")
+# Failed TLS exchanges in words (etcd_grpc says the same of gRPC's).
+WRONG_CA = "TLS: the server's certificate is not signed by the CA of --ca-cert"
+WRONG_HOST = "TLS: the server's certificate does not name this host"
+CERT_REFUSED = ("TLS: the server refused the client certificate (none given, or not signed "
+                "by a CA it trusts: check --cert/--key)")
 _NOT_TLS = "TLS handshake failed: does the endpoint serve TLS?"
 
 
@@ -246,7 +247,7 @@ class Connection:
                 return Unreachable("connection closed at once: does the endpoint require TLS "
                                    "(--ca-cert)?")
             if connected:  # TLS 1.3: the server judges our certificate after the handshake
-                return Unreachable(_CERT_REFUSED, True)
+                return Unreachable(CERT_REFUSED, True)
             return Unreachable(_NOT_TLS, True)  # a plain listener hangs up on a TLS hello
         return Unreachable(_short(exc))
 

@@ -23,7 +23,8 @@ import etcd3.etcdrpc as rpc  # noqa: E402
 import grpc  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 
-from gantryd.etcd_gateway import Refused, Unreachable  # noqa: E402
+from gantryd.etcd_gateway import (  # noqa: E402
+    CERT_REFUSED, WRONG_CA, WRONG_HOST, Refused, Unreachable)
 
 # gateway path -> (stub, method, request message, one request on a stream)
 _METHODS = {
@@ -38,12 +39,9 @@ _METHODS = {
 
 # gRPC's words for a failed connection -> (what to tell the user, a TLS handshake failure?)
 _CONNECT_REASONS = (
-    ("CERTIFICATE_VERIFY_FAILED",
-     "TLS: the server's certificate is not signed by the CA of --ca-cert", True),
-    ("not in peer certificate", "TLS: the server's certificate does not name this host", True),
-    ("TSI_DATA_CORRUPTED",
-     "TLS: the server refused the client certificate (none given, or not signed by a CA it "
-     "trusts: check --cert/--key)", True),
+    ("CERTIFICATE_VERIFY_FAILED", WRONG_CA, True),
+    ("not in peer certificate", WRONG_HOST, True),
+    ("TSI_DATA_CORRUPTED", CERT_REFUSED, True),
     ("Connection refused", "connection refused", False),
 )
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
