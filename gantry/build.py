@@ -35,8 +35,6 @@ import tempfile
 import threading
 from typing import Any, Iterator
 
-from docker.utils.build import exclude_paths
-
 from .buildprogress import BuildSummary
 from .errors import BuildFailed, Cancelled
 
@@ -81,6 +79,9 @@ def _file_digest(path: str) -> str:
 def content_hash(context: str, build: Any) -> str:
     """16 hex digits naming what ``build`` (a gantry.config.Build) sends the builder from the
     directory ``context`` (see the module doc)."""
+    # The Docker SDK's reading of .dockerignore, the one the build itself uses (imported here:
+    # only a component that builds needs it).
+    from docker.utils.build import exclude_paths
     digest = hashlib.sha256(b"gantry-build-1\n")
     for rel in sorted(exclude_paths(context, _ignore_patterns(context),
                                     dockerfile=build.dockerfile)):

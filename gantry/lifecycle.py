@@ -48,7 +48,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import docker
 
 from . import checks as C
 from . import health as H
@@ -58,6 +57,7 @@ from .bake import Bake
 from .errors import Cancelled, CheckFailed, GantryError, ImageError, RouteError, UpdateFailed
 from .lock import ComponentLock
 from .progress import Reporter
+from .engine import Engine
 from .runtime import ContainerInfo, Runtime, registry_refused
 from .traffic import describe as describe_traffic
 
@@ -170,7 +170,7 @@ class Host:
 
     def __init__(
         self,
-        docker_client: docker.DockerClient,
+        docker_client: Engine,
         proxy_client: Any,
         project: str,
         machine: str,
@@ -455,13 +455,15 @@ class Lifecycle:
     def _local_ref(self, component: Any) -> str | None:
         """A pinned reference to the local image ``repo:tag``, if there is one."""
         try:
-            image = self.runtime.client.images.get(component.image)
-        except (docker.errors.ImageNotFound, docker.errors.APIError):
+            image = self.runtime.inspect_image(component.image)
+        except GantryError:
             return None
-        for digest_ref in image.attrs.get("RepoDigests") or ():
+        if image is None:
+            return None
+        for digest_ref in image.get("RepoDigests") or ():
             if digest_ref.startswith(component.repo + "@"):
                 return digest_ref
-        return image.id
+        return image["Id"]
 
     def _deploy(self, component: Any, image: str | None,
                 cancel: threading.Event | None = None,

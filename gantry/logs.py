@@ -17,9 +17,8 @@ import time
 from datetime import datetime
 from typing import Any, BinaryIO
 
-import docker.errors
-
 from . import labels as L
+from .engine import Engine, NotFound
 from .errors import GantryError
 from .lifecycle import ContainerStatus, Lifecycle
 
@@ -96,15 +95,14 @@ class _Pump(threading.Thread):
 class LogFollower:
     """``gantry logs``: writes a component's container output to ``out`` (bytes).
 
-    ``api``: a docker ``APIClient`` without a read timeout (a quiet container must not end a
-    follow); ``life`` finds the containers and routes.
+    ``engine``: the Docker engine; ``life`` finds the containers and routes.
     """
 
     EVENTS = "events"
 
-    def __init__(self, life: Lifecycle, api: Any, component: str, out: BinaryIO,
+    def __init__(self, life: Lifecycle, engine: Engine, component: str, out: BinaryIO,
                  poll: float = 0.5) -> None:
-        self.life, self.api, self.component, self.out = life, api, component, out
+        self.life, self.engine, self.component, self.out = life, engine, component, out
         self.poll = poll
         self._at_line_start = True
 
@@ -129,15 +127,15 @@ class LogFollower:
 
     def show(self, tail: int | None, since: float | None) -> None:
         """The output so far of the container shown (no follow)."""
-        for chunk in self.api.logs(self._first().id, stream=True, follow=False,
-                                   tail="all" if tail is None else tail, since=since):
+        for chunk in self.engine.logs(self._first().id, follow=False,
+                                      tail="all" if tail is None else tail, since=since):
             self._write(chunk)
 
     def follow(self, tail: int | None, since: float | None) -> None:
         """Follow until interrupted (KeyboardInterrupt) or the engine goes away."""
         items: queue.Queue = queue.Queue()
         # Subscribed before the first choice, so no replacement falls between the two.
-        events = _Pump(self.EVENTS, self.api.events(decode=True, filters={
+        events = _Pump(self.EVENTS, self.engine.events({
             "type": "container",
             "label": L.selector(self.life.host.project, self.life.host.machine,
                                 self.component)}), items)
@@ -185,8 +183,8 @@ class LogFollower:
     def _open(self, status: ContainerStatus, items: queue.Queue, tail: int | None,
               since: float | None) -> _Pump:
         try:
-            stream = self.api.logs(status.id, stream=True, follow=True,
-                                   tail="all" if tail is None else tail, since=since)
-        except docker.errors.NotFound:  # removed since it was chosen: its stream just ends
+            stream = self.engine.logs(status.id, follow=True,
+                                      tail="all" if tail is None else tail, since=since)
+        except NotFound:  # removed since it was chosen: its stream just ends
             stream = iter(())
         return _Pump(status.id, stream, items)

@@ -110,13 +110,13 @@ class _Events:
 
 
 class SimulatedClient:
-    """The few ``docker.DockerClient`` calls made outside the runtime (the daemon's event
-    stream)."""
+    """The few :class:`gantry.engine.Engine` calls made outside the runtime (the daemon's
+    event stream)."""
 
     def __init__(self) -> None:
         self.streams: set[_Events] = set()
 
-    def events(self, decode: bool = True, filters: dict | None = None) -> _Events:
+    def events(self, filters: dict | None = None) -> _Events:
         stream = _Events(self)
         self.streams.add(stream)
         return stream

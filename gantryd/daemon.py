@@ -155,7 +155,7 @@ class Daemon:
                    "label": L.selector(self.store.project, self.machine)}
         while not self.stopping.is_set():
             try:
-                self._docker_events = client.events(decode=True, filters=filters)
+                self._docker_events = client.events(filters)
                 self.wake.set()  # (re)connected: what happened meanwhile was not seen
                 self.health.containers_changed(watched=True)
                 for event in self._docker_events:

@@ -17,8 +17,10 @@ import json
 import logging
 import socket
 import ssl
-import threading
 from typing import Iterator
+
+from gantry import http_pool
+from gantry.http_pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +120,7 @@ class Connection:
         self.context = context
         self.timeout = timeout
         self.token: str | None = None
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-        self._closed = False
+        self._pool = Pool(self._new, timeout, self._unreachable)
 
     def _new(self, timeout: float | None) -> http.client.HTTPConnection:
         if self.context is not None:
@@ -146,54 +146,20 @@ class Connection:
              token: bool = True) -> dict:
         """POST `body` to `path`; etcd's answer (the first message of a stream's). `token`:
         send our auth token (not when asking for a new one)."""
-        timeout = timeout or self.timeout
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        reused = conn is not None
-        while True:
-            try:
-                if conn is None:
-                    conn = self._new(timeout)
-                else:
-                    conn.sock.settimeout(timeout)
-                conn.request("POST", path, json.dumps(body), self._headers(token))
-                response = conn.getresponse()
-                data = response.read()
-            except Unreachable:
-                raise
-            except (OSError, http.client.HTTPException) as exc:
-                if conn is not None:
-                    conn.close()
-                # A kept connection the server closed meanwhile: once more on a new one.
-                if reused and not isinstance(exc, TimeoutError):
-                    reused, conn = False, None
-                    continue
-                raise self._unreachable(exc) from None
-            break
-        answer = self._answer(response.status, data)
-        with self._lock:
-            if self._closed or response.will_close:
-                conn.close()
-            else:
-                self._idle.append(conn)
-        return answer
+        response, data = self._pool.request("POST", path, json.dumps(body),
+                                            self._headers(token), timeout)
+        return self._answer(response.status, data)
 
     def stream(self, path: str, body: dict, headers: dict[str, str] | None = None) -> "Stream":
         """POST `body` to a streaming `path` (watch) on a connection of its own."""
-        conn = self._new(self.timeout)
-        try:
-            conn.request("POST", path, json.dumps(body), {**self._headers(), **(headers or {})})
-            response = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise self._unreachable(exc) from None
+        # A watch waits for events as long as it takes; TCP keepalives find a dead peer.
+        conn, response = self._pool.open("POST", path, json.dumps(body),
+                                         {**self._headers(), **(headers or {})}, timeout=None)
         if response.status != 200:
             data = response.read()
             conn.close()
             self._answer(response.status, data)  # raises
-        # A watch waits for events as long as it takes; TCP keepalives find a dead peer.
         sock = conn.sock
-        sock.settimeout(None)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
             if hasattr(socket, option):
@@ -252,39 +218,20 @@ class Connection:
         return Unreachable(_short(exc))
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self._pool.close()
 
 
-class Stream:
+class Stream(http_pool.Stream):
     """The answers of a streaming request, one JSON message at a time."""
 
     def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
                  owner: Connection):
-        self._conn, self._response, self._owner = conn, response, owner
-        self._sock = conn.sock
+        super().__init__(conn, response)
+        self._owner = owner
 
     def __iter__(self) -> Iterator[dict]:
         try:
-            for line in self._response:
-                if line.strip():
-                    yield self._owner._answer(200, line)
+            for line in self.lines():
+                yield self._owner._answer(200, line)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise self._owner._unreachable(exc) from None
-
-    def interrupt(self) -> None:
-        """From another thread: end the stream; its reader wakes at once (and closes it).
-        Only the socket is shut down: closing the connection under a reader breaks
-        http.client's own state."""
-        try:  # the plain socket's shutdown, also under TLS: it wakes a blocked reader
-            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        """From the reading thread, once done with the stream."""
-        self.interrupt()
-        self._conn.close()

@@ -143,8 +143,18 @@ def ensure_keeper(path: str, log_path: str | None = None, timeout: float = 10.0)
     if client.answers() is not None:
         return client
     process = start_detached([sys.executable, "-m", "proxy.keeper", "--socket", path], log_path)
+
+    def settled() -> dict[str, Any] | None:
+        # A racing starter's keeper may answer before ours has even tried the lock: wait until
+        # ours serves or has exited, or it could take over (and be left running) once the
+        # answering one stops.
+        answer = client.answers()
+        if answer is not None and (answer.get("pid") == process.pid
+                                   or process.poll() is not None):
+            return answer
+        return None
     try:
-        wait_answering(process, client.answers, timeout)
+        wait_answering(process, settled, timeout)
     except Exited as e:
         raise KeeperError(f"the listener keeper for {path} {e}") from None
     except TimeoutError:

@@ -36,6 +36,16 @@ def docker_client(docker_services):
 
 
 @pytest.fixture(scope="session")
+def engine(docker_services):
+    """gantry's own client of the session's Docker engine (what Runtime and Host take)."""
+    from gantry.runtime import connect
+
+    client = connect(timeout=120)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
 def registry(docker_services) -> str:
     """The local registry's name as image references use it (``localhost:5000``)."""
     return rig.REGISTRY

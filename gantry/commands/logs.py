@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..logs import LogFollower, parse_since
-from ..runtime import connect, docker_errors
+from ..runtime import docker_errors
 
 
 def since_arg(text: str) -> float:
@@ -48,8 +48,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def cmd_logs(args: argparse.Namespace, life: Any, component: Any) -> int:
-    # A client of its own without a read timeout: a quiet container must not end a follow.
-    follower = LogFollower(life, connect(timeout=None).api, component.name, sys.stdout.buffer)
+    follower = LogFollower(life, life.runtime.client, component.name, sys.stdout.buffer)
     with docker_errors(f"reading the logs of {component.name}"):
         if not args.follow:
             follower.show(args.tail, args.since)

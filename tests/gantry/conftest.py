@@ -45,12 +45,12 @@ def proxy(gantry_env) -> ProxyClient:
 
 
 @pytest.fixture
-def make_lifecycle(docker_client, proxy, project, gantry_env, test_images,
+def make_lifecycle(engine, proxy, project, gantry_env, test_images,
                    routes_cleanup) -> Callable[..., Lifecycle]:
     """Lifecycle factory for this test's project (proxy bound on 127.0.0.1)."""
 
     def make(reporter: Reporter | None = None, **host_kwargs: Any) -> Lifecycle:
-        host = Host(docker_client, proxy, project, MACHINE, proxy_bind="127.0.0.1",
+        host = Host(engine, proxy, project, MACHINE, proxy_bind="127.0.0.1",
                     origin="gantry", reporter=reporter or RecordingReporter(),
                     lock_dir=Path(gantry_env["GANTRY_LOCK_DIR"]), **host_kwargs)
         return Lifecycle(host)

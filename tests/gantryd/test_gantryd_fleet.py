@@ -113,7 +113,8 @@ def test_stop_and_kill(fleet, test_images, docker_client):
     assert all(containers(docker_client, fleet.project, h) == [] for h in ("h1", "h2"))
 
 
-def test_canary_is_left_alone_until_the_next_fleet_update(fleet, test_images, docker_client):
+def test_canary_is_left_alone_until_the_next_fleet_update(fleet, test_images, docker_client,
+                                                           engine):
     from gantry.config import parse_config
     from gantry.lifecycle import Host, Lifecycle
     from gantry.progress import Reporter
@@ -125,7 +126,7 @@ def test_canary_is_left_alone_until_the_next_fleet_update(fleet, test_images, do
     import os
     os.environ["GANTRY_LOCK_DIR"] = env["GANTRY_LOCK_DIR"]
     try:
-        host = Host(docker_client, ProxyClient(env["GANTRY_PROXY_SOCKET"]), fleet.project, "h1",
+        host = Host(engine, ProxyClient(env["GANTRY_PROXY_SOCKET"]), fleet.project, "h1",
                     proxy_bind=HOSTS["h1"], origin="gantry", reporter=Reporter())
         Lifecycle(host).update(comp)
     finally:

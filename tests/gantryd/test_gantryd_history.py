@@ -243,11 +243,12 @@ def test_on_failure_typo_is_refused(fleet, test_images):
 
 @pytest.mark.long(90)
 def test_fleet_keeps_the_last_n_images_and_rolls_back_without_a_pull(fleet, test_images,
-                                                                     docker_client, project):
+                                                                     docker_client, engine,
+                                                                     project):
     """retainImages 2 on 3 hosts under load: after v1 -> v2 -> v3 (each pulled by the hosts)
     exactly v2 and v3 are left, every host reports them, and a rollback to v2 pulls nothing."""
     from gantry.runtime import Runtime
-    runtime = Runtime(docker_client)
+    runtime = Runtime(engine)
     with private_copy(docker_client, "v1", project) as (repo, _), \
             private_copy(docker_client, "v2", project), private_copy(docker_client, "v3", project):
         def roll(tag: str) -> str:
