@@ -181,7 +181,7 @@ class Daemon:
             self._trouble(exc)
         # One watch of the project per host: the notifier takes its events from ours.
         self._watch = self.store.watch(self._on_watch_shared, on_state=self._on_watch_state)
-        self.notifier.share(self._watch)
+        self.notifier.share(self._watch, lambda: self.lease)
         threading.Thread(target=self._watch_docker, name="docker-events", daemon=True).start()
         threading.Thread(target=self.traffic.run, args=(self.stopping,), name="traffic",
                          daemon=True).start()

@@ -3,9 +3,10 @@
 Every `gantryd run` runs a Notifier in threads of its own (never in the way of a rollout). It
 watches the project; a record that is an event (notify_events.derive) makes it try to claim
 the event: one transaction creates `components/<c>/notify/<r>/<name>` (only if absent) with
-the payload and one pending state per target, and `.../<name>/owner` on the notifier's own
-lease. Exactly one host wins; it delivers, retrying each target with backoff (one thread per
-target, in order, so a dead receiver holds up no other), and records each target's outcome
+the payload and one pending state per target, and `.../<name>/owner` on the notifier's
+lease (in `gantryd run`, the daemon's own: `share`). Exactly one host wins; it delivers,
+retrying each target with backoff (one thread per target, in order, so a dead receiver holds
+up no other), and records each target's outcome
 (`sent`, `failed`, `dropped`: no longer in the config). When the owner dies, its lease
 expires, the owner key goes, and the hosts that see that (watch) take the record over with
 a transaction of their own and deliver the same bytes under the same delivery id: a receiver
@@ -24,7 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from gantry.config.model import Notification
 
@@ -94,6 +95,8 @@ class Notifier:
         self._begun = False
         self._since = 0  # events up to this revision were taken from the catch-up read
         self._lease: E.Lease | None = None
+        # The daemon's lease, lent (`share`): one keep-alive per host instead of two.
+        self._lent: Callable[[], E.Lease | None] | None = None
         self._lock = threading.Lock()
         self._queues: dict[str, queue.Queue[str]] = {}  # target id -> record keys
         self._queued: set[tuple[str, str]] = set()  # (record key, target id) being delivered
@@ -108,10 +111,13 @@ class Notifier:
         self._thread: threading.Thread | None = None
 
     # -- life ------------------------------------------------------------------------------
-    def share(self, watch: E.Watch) -> None:
+    def share(self, watch: E.Watch, lease: Callable[[], E.Lease | None] | None = None) -> None:
         """Take our events from `watch` (a watch of the whole project whose callback calls
-        `feed`) instead of opening a watch of our own. Call before `start`."""
+        `feed`) instead of opening a watch of our own, and with `lease`, put our owner keys on
+        the lease it answers (the daemon's, which the daemon keeps alive and renews) instead
+        of keeping one of our own. Call before `start`."""
         self._shared = watch
+        self._lent = lease
 
     def feed(self, batch: E.WatchBatch) -> None:
         """A batch of the shared watch."""
@@ -130,7 +136,7 @@ class Notifier:
             self._thread.join(timeout=5)
         if self._watch is not None:
             self._watch.cancel()
-        if self._lease is not None:
+        if self._lease is not None and self._lent is None:  # a lent one is its owner's to revoke
             self._lease.revoke()
 
     def _run(self) -> None:
@@ -173,6 +179,12 @@ class Notifier:
     def _ensure_lease(self) -> bool:
         """Hold a live lease for our owner keys; True when a new one was taken (the keys of
         the old one are gone: records may wait for an owner)."""
+        if self._lent is not None:
+            lease = self._lent()
+            if lease is None or not lease.alive:
+                raise E.EtcdError("the daemon's lease is being renewed")
+            taken, self._lease = lease is not self._lease, lease
+            return taken
         if self._lease is not None and self._lease.alive:
             return False
         if self._lease is not None:

@@ -98,10 +98,17 @@ def _json_body(request: server.Request) -> Any:
         raise BadRequest("body is not valid JSON: nested too deeply") from None
 
 
-class _QuietSite(server.Site):
+class QuietSite(server.Site):
+    """A Site without an access log (gantry polls the control API; Prometheus the metrics),
+    and so without the clock Twisted keeps for its timestamps: a timer that woke an idle
+    proxy every second."""
+
     noisy = False
 
-    def log(self, request: Any) -> None:  # no access log: gantry polls this API
+    def startFactory(self) -> None:
+        self._logFile = None
+
+    def log(self, request: Any) -> None:
         pass
 
 
@@ -114,7 +121,7 @@ def listen_control(reactor: Any, router: Router, path: str,
 
     A stale socket file (nobody answers) is replaced; a live one means another proxy runs.
     """
-    site = _QuietSite(ControlResource(router, options, handover))
+    site = QuietSite(ControlResource(router, options, handover))
     site.timeOut = None  # drain calls long-poll
     if inherited is not None:
         inherited.setblocking(False)

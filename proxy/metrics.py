@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 from twisted.web import resource, server
 
 from proxy.backend import ACTIVE
+from proxy.control import QuietSite
 from proxy.router import Router
 
 
@@ -96,7 +97,7 @@ def listen_metrics(reactor: Any, router: Router, host: str, port: int) -> Any:
     """Serve `/metrics` (any path, in fact) on host:port."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RouterCollector(router))
-    site = server.Site(MetricsResource(registry))
+    site = QuietSite(MetricsResource(registry))
     site.noisy = False
     site.log = lambda request: None  # type: ignore[method-assign]
     return reactor.listenTCP(port, site, interface=host)

@@ -206,14 +206,15 @@ def test_post_classifies_answers(receiver):
 
 def _notifiers(etcd, project: str, names: list[str],
                shared: bool = False) -> tuple[list[Notifier], list[Etcd]]:
-    """Started notifiers; `shared`: each fed by a project watch of its own client, as
-    `gantryd run` shares its daemon's watch."""
+    """Started notifiers; `shared`: each fed by a project watch of its own client and on a
+    lease kept by the test, as `gantryd run` shares its daemon's watch and lease."""
     clients = [Etcd(etcd.endpoints) for _ in names]
     notifiers = [Notifier(Store(c, project), name, lease_ttl=2, backoff=FAST)
                  for c, name in zip(clients, names, strict=True)]
     for n in notifiers:
         if shared:
-            n.share(n.store.watch(n.feed))
+            lease = n.store.etcd.lease(2)
+            n.share(n.store.watch(n.feed), lambda lease=lease: lease)
         n.start()
     return notifiers, clients
 
@@ -223,8 +224,37 @@ def _close(notifiers: list[Notifier], clients: list[Etcd]) -> None:
         n.close()
         if n._shared is not None:
             n._shared.cancel()
+        if n._lent is not None:
+            lent = n._lent()
+            assert lent is not None and lent.alive  # the lender's to revoke, not ours
+            lent.revoke()
     for c in clients:
         c.close()
+
+
+def test_a_lent_lease_renewed_by_its_lender_is_taken_up(etcd, project, receiver, store):
+    """A notifier on its daemon's lease: while the daemon renews a lost lease it waits, then
+    claims on the new one; closing it leaves the lease to the daemon."""
+    store.set_config(parse_config({"components": [BASE], "notifications":
+                                   notifications(receiver, events=["started"])}))
+    client = Etcd(etcd.endpoints)
+    n = Notifier(Store(client, project), "h1", lease_ttl=2, backoff=FAST)
+    leases = [client.lease(2)]
+    n.share(n.store.watch(n.feed), lambda: leases[-1])
+    n.start()
+    try:
+        wait_for(lambda: n._begun and n._lease is leases[0], 10, "the notifier on lease 1")
+        leases[0].revoke()  # lost: until the daemon has a new one, the notifier waits
+        leases.append(client.lease(2))
+        store.change_desired(["web"], lambda c, cur: version(1))
+        wait_for(lambda: receiver.ids("/json"), 15, "the delivery")
+        assert n._lease is leases[1]
+    finally:
+        n.close()
+        n._shared.cancel()
+    assert leases[1].alive
+    leases[1].revoke()
+    client.close()
 
 
 def _record(store: Store, revision: int, name: str) -> dict | None:
