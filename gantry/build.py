@@ -30,8 +30,6 @@ import os
 import re
 import stat
 import subprocess
-import tarfile
-import tempfile
 import threading
 from typing import Any, Iterator
 
@@ -130,6 +128,8 @@ def _export(context: str, ref: str, into: str) -> str:
     prefix = str(_git(context, "rev-parse", "--show-prefix")).rstrip("/")
     # From the top: in a subdirectory, git archive reads tree paths relative to it.
     top = str(_git(context, "rev-parse", "--show-toplevel"))
+    import tarfile  # here: gantryd, which imports this module, never builds
+
     proc = subprocess.Popen(["git", "-C", top, "archive", "--format=tar", f"{commit}:{prefix}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
@@ -155,6 +155,8 @@ def _context(build: Any) -> Iterator[tuple[str, str]]:
     if build.ref is None:
         yield where, where
         return
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="gantry-build-") as tmp:
         commit = _export(where, build.ref, tmp)
         yield tmp, f"{where} at {build.ref} ({commit[:12]})"

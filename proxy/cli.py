@@ -8,8 +8,7 @@ import sys
 from typing import Any, Sequence
 
 from proxy.address import parse_address
-from proxy.client import ProxyClient, ProxyError
-from proxy.errors import BadRequest
+from proxy.errors import BadRequest, ProxyError
 from proxy.paths import default_socket_path, default_state_path, keeper_socket_path
 
 
@@ -152,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"gantry-proxy upgraded: pid {old} -> {new}")
         return 0
+    # Imported here: the daemon (`run`) has no use for http.client and its imports.
+    from proxy.client import ProxyClient
     client = ProxyClient(socket_path)
     try:
         if args.command == "status":

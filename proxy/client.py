@@ -13,22 +13,11 @@ import time
 from typing import Any, Sequence
 from urllib.parse import quote
 
-# EX_ALREADY_RUNNING: imported from here by the daemon and the tests.
+# EX_ALREADY_RUNNING: imported from here by the tests.
 from proxy.detach import EX_ALREADY_RUNNING, Exited, start_detached, wait_answering  # noqa: F401
+from proxy.errors import ProxyError, ProxyNotRunning  # noqa: F401 - raised here, caught by users
 from proxy.paths import default_socket_path, default_state_path, log_path_for, \
     retiring_sockets
-
-
-class ProxyError(Exception):
-    """The proxy answered with an error; `status` is the HTTP status (0 if none)."""
-
-    def __init__(self, message: str, status: int = 0):
-        super().__init__(message)
-        self.status = status
-
-
-class ProxyNotRunning(ProxyError):
-    """Nothing answers on the control socket."""
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -12,37 +12,33 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
-from twisted.web import resource, server
 
 import proxy
 from proxy.errors import BadRequest, NotFound, RouteError
+from proxy.http import HTTPFactory, Request, Response
 from proxy.router import Router
 
 log = logging.getLogger("proxy.control")
 
 
-class ControlResource(resource.Resource):
-    """Dispatches `/ping`, `/handover`, `/routes`, `/routes/<name>`, `/routes/<name>/...`."""
-
-    isLeaf = True
+class ControlAPI:
+    """Answers `/ping`, `/handover`, `/routes`, `/routes/<name>`, `/routes/<name>/...`."""
 
     def __init__(self, router: Router, options: dict[str, Any] | None = None,
                  handover: Callable[[], Awaitable[dict[str, Any]]] | None = None):
-        super().__init__()
         self.router = router
         self.options = options or {}  # the daemon's run options, for `upgrade`
         self.handover = handover
 
-    def render(self, request: server.Request) -> Any:
+    def __call__(self, request: Request) -> defer.Deferred[Response]:
         d = defer.ensureDeferred(self._dispatch(request))
-        d.addCallbacks(lambda result: self._answer(request, 200, result),
-                       lambda f: self._fail(request, f))
-        return server.NOT_DONE_YET
+        d.addCallbacks(lambda result: _json(200, result), lambda f: self._fail(request, f))
+        return d
 
-    async def _dispatch(self, request: server.Request) -> Any:
-        method = request.method.decode("ascii", "replace")
+    async def _dispatch(self, request: Request) -> Any:
+        method = request.method
         try:
-            parts = [p.decode() for p in request.postpath]
+            parts = [p.decode() for p in request.segments]
         except UnicodeDecodeError:
             raise BadRequest("the path is not UTF-8") from None
         if parts and parts[-1] == "":
@@ -69,47 +65,25 @@ class ControlResource(resource.Resource):
                 return getattr(self.router, action)(parts[1], _json_body(request))
         raise NotFound(f"no such call: {method} /{'/'.join(parts)}")
 
-    def _answer(self, request: server.Request, code: int, body: Any) -> None:
-        if request._disconnected:  # the caller gave up on a long poll
-            return
-        data = json.dumps(body).encode() + b"\n"
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"content-length", str(len(data)).encode())
-        request.write(data)
-        request.finish()
-
-    def _fail(self, request: server.Request, failure: Any) -> None:
+    def _fail(self, request: Request, failure: Any) -> Response:
         if failure.check(RouteError):
-            self._answer(request, failure.value.status, {"error": str(failure.value)})
-        else:
-            log.error("control request %s %s failed", request.method.decode("ascii", "replace"),
-                      request.path.decode("utf-8", "replace"), exc_info=failure.value)
-            self._answer(request, 500, {"error": f"internal error: {failure.value!r}"})
+            return _json(failure.value.status, {"error": str(failure.value)})
+        log.error("control request %s %s failed", request.method, request.target,
+                  exc_info=failure.value)
+        return _json(500, {"error": f"internal error: {failure.value!r}"})
 
 
-def _json_body(request: server.Request) -> Any:
-    raw = request.content.read()
+def _json(status: int, body: Any) -> Response:
+    return Response(status, json.dumps(body).encode() + b"\n")
+
+
+def _json_body(request: Request) -> Any:
     try:
-        return json.loads(raw or b"null")
+        return json.loads(request.body or b"null")
     except ValueError as e:
         raise BadRequest(f"body is not valid JSON: {e}") from None
     except RecursionError:
         raise BadRequest("body is not valid JSON: nested too deeply") from None
-
-
-class QuietSite(server.Site):
-    """A Site without an access log (gantry polls the control API; Prometheus the metrics),
-    and so without the clock Twisted keeps for its timestamps: a timer that woke an idle
-    proxy every second."""
-
-    noisy = False
-
-    def startFactory(self) -> None:
-        self._logFile = None
-
-    def log(self, request: Any) -> None:
-        pass
 
 
 def listen_control(reactor: Any, router: Router, path: str,
@@ -121,8 +95,7 @@ def listen_control(reactor: Any, router: Router, path: str,
 
     A stale socket file (nobody answers) is replaced; a live one means another proxy runs.
     """
-    site = QuietSite(ControlResource(router, options, handover))
-    site.timeOut = None  # drain calls long-poll
+    site = HTTPFactory(ControlAPI(router, options, handover))
     if inherited is not None:
         inherited.setblocking(False)
         with inherited:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -10,7 +12,7 @@ import time
 from typing import IO, Any
 
 from proxy.address import Address
-from proxy.client import EX_ALREADY_RUNNING
+from proxy.detach import EX_ALREADY_RUNNING
 from proxy.state import StateError
 
 log = logging.getLogger("proxy.daemon")
@@ -51,12 +53,40 @@ def acquire_lock(state_path: str, wait: float = 0.0) -> IO[Any] | None:
             time.sleep(0.01)
 
 
-def install_reactor() -> Any:
-    """Our epoll reactor, installed before anything imports the default one."""
+def import_on_first_use(name: str) -> None:
+    """Register module `name` so that importing it is free and it runs only when one of its
+    attributes is first used (importlib.util.LazyLoader)."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        return
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    parent, _, child = name.rpartition(".")
+    if parent:
+        # `from http import cookiejar` looks for the attribute first; without it, the import
+        # system would touch the module (and so load it) to check it is initialised.
+        setattr(importlib.import_module(parent), child, module)
+
+
+def spare_unused_imports() -> None:
+    """Keep Twisted from loading what the proxy never uses; call before Twisted is imported."""
     # Twisted's reactor imports its TLS support (pyOpenSSL, cryptography: 12 MB of resident
     # memory) whenever pyOpenSSL is installed; the proxy forwards plain TCP and never uses
     # it. A None entry makes that import fail, which Twisted handles as "no TLS here".
     sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
+    # twisted.python.compat imports http.cookiejar, which imports urllib.request, hashlib,
+    # ssl and email (about 2.5 MB resident) for a name the proxy never uses.
+    import_on_first_use("http.cookiejar")
+
+
+def install_reactor() -> Any:
+    """Our epoll reactor, installed before anything imports the default one."""
+    spare_unused_imports()
     from proxy import reactor as proxy_reactor
     try:
         proxy_reactor.install()
@@ -71,6 +101,7 @@ def run(socket_path: str, state_path: str, metrics: Address | None = None,
         verbose: bool = False, listeners: str = "auto", takeover: bool = False) -> int:
     """Run the proxy until SIGTERM/SIGINT (or a handover to a new daemon); returns the exit
     status. `listeners`: see proxy.listeners; `takeover`: see proxy.upgrade."""
+    spare_unused_imports()
     setup_logging(log_file, verbose)
     # Everything is imported before a takeover: the old daemon has stopped accepting then.
     reactor = install_reactor()

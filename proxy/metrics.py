@@ -8,15 +8,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from twisted.web import resource, server
 
 from proxy.backend import ACTIVE
-from proxy.control import QuietSite
+from proxy.http import HTTPFactory, Request, Response
 from proxy.router import Router
 
 
 class RouterCollector(Collector):
-    """Reads the route table; runs in the reactor thread (see MetricsResource)."""
+    """Reads the route table; runs in the reactor thread (see MetricsPage)."""
 
     def __init__(self, router: Router):
         self.router = router
@@ -78,26 +77,21 @@ class RouterCollector(Collector):
                     drains, held, gated)
 
 
-class MetricsResource(resource.Resource):
+class MetricsPage:
     """Serves the registry synchronously in the reactor thread (prometheus_client's own
     Twisted resource scrapes from a thread pool, which would race the counters)."""
 
-    isLeaf = True
-
     def __init__(self, registry: CollectorRegistry):
-        super().__init__()
         self.registry = registry
 
-    def render_GET(self, request: server.Request) -> bytes:
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.registry)
+    def __call__(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, b"only GET\n", "text/plain", {"Allow": "GET, HEAD"})
+        return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
 
 
 def listen_metrics(reactor: Any, router: Router, host: str, port: int) -> Any:
     """Serve `/metrics` (any path, in fact) on host:port."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RouterCollector(router))
-    site = QuietSite(MetricsResource(registry))
-    site.noisy = False
-    site.log = lambda request: None  # type: ignore[method-assign]
-    return reactor.listenTCP(port, site, interface=host)
+    return reactor.listenTCP(port, HTTPFactory(MetricsPage(registry)), interface=host)

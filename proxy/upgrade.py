@@ -20,9 +20,8 @@ import sys
 from typing import Any
 
 from proxy.address import Address
-from proxy.client import ProxyClient, ProxyError, ProxyNotRunning
 from proxy.detach import Exited, start_detached, wait_answering
-from proxy.errors import Conflict
+from proxy.errors import Conflict, ProxyError, ProxyNotRunning
 from proxy.paths import log_path_for, retiring_socket_path
 
 log = logging.getLogger("proxy.upgrade")
@@ -93,6 +92,7 @@ class Handover:
 
 def request_handover(socket_path: str) -> None:
     """Ask the daemon on `socket_path` to hand over (the caller then waits for the lock)."""
+    from proxy.client import ProxyClient  # http.client: only a taking-over daemon needs it
     try:
         answer = ProxyClient(socket_path, timeout=30).handover()
         log.info("taking over from gantry-proxy %d (%d live connections finish there)",
@@ -109,6 +109,7 @@ def upgrade(socket_path: str, overrides: dict[str, Any], timeout: float = 30.0
             ) -> tuple[int, int]:
     """Replace the daemon on `socket_path` by a new one (same run options but `overrides`);
     answers (old pid, new pid) once the new one answers. ProxyError if it does not."""
+    from proxy.client import ProxyClient
     client = ProxyClient(socket_path, timeout=10)
     old = client.ping()  # ProxyNotRunning: nothing to upgrade
     options = {**old.get("options", {}), **overrides}

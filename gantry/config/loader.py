@@ -6,8 +6,6 @@ import logging
 import os
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
 from .model import Config, parse_config
 
@@ -30,27 +28,6 @@ def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
     return obj
 
 
-class _StrictYamlLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys instead of keeping the last one."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<` merges may legitimately be overridden by explicit keys
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                continue  # unhashable key: the base class reports it with its position
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
-                    f"found duplicate key {key!r}", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _parse_json(text: str, source: str) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_json_object)
@@ -61,20 +38,6 @@ def _parse_json(text: str, source: str) -> Any:
         raise ConfigError.single(source, "", f"invalid JSON: {e}") from None
     except RecursionError:
         raise ConfigError.single(source, "", "invalid JSON: nested too deeply") from None
-
-
-def _parse_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_StrictYamlLoader)  # noqa: S506 - SafeLoader subclass
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = " ".join(p for p in (e.context, e.problem) if p)
-        raise ConfigError.single(source, "", f"{where}invalid YAML: {problem}") from None
-    except (yaml.YAMLError, ValueError) as e:  # ValueError: e.g. over-long integers
-        raise ConfigError.single(source, "", f"invalid YAML: {e}") from None
-    except RecursionError:
-        raise ConfigError.single(source, "", "invalid YAML: nested too deeply") from None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -93,7 +56,11 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError.single(source, "", f"not UTF-8 text (bad byte at offset {e.start})"
                                  ) from None
     is_yaml = source.lower().endswith(YAML_SUFFIXES)
-    data = _parse_yaml(text, source) if is_yaml else _parse_json(text, source)
+    if is_yaml:
+        from .yaml_reader import parse_yaml  # PyYAML: only for .yml files (not in gantryd run)
+        data = parse_yaml(text, source)
+    else:
+        data = _parse_json(text, source)
     # A relative build context is relative to the file, wherever gantry runs from.
     config = parse_config(data, source).with_base_dir(os.path.dirname(os.path.abspath(source)))
     log.debug("loaded %s: components %s", source, ", ".join(config.names))

@@ -11,7 +11,6 @@ the bad value and carry on, so one run reports every problem of a file.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import re
@@ -76,6 +75,8 @@ def suggest(word: str, candidates: Sequence[str]) -> str | None:
     for candidate in candidates:
         if squash(candidate) == squash(word):
             return candidate
+    import difflib  # only when a word is wrong
+
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return close[0] if close else None
 

@@ -9,7 +9,7 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from proxy.address import Address, parse_address
@@ -292,29 +292,3 @@ def test_maintenance_answers_503_on_http_and_closes_tcp():
             assert b"&lt;b&gt;db&lt;/b&gt; upgrade" in sock.sent
         route.set_maintenance(False)
         assert isinstance(route._factory.buildProtocol(None), ClientSide)
-
-
-def test_the_control_and_metrics_sites_keep_no_clock():
-    """Twisted's Site keeps a clock for its access log's timestamps, a timer every second; the
-    proxy keeps no access log, so an idle proxy has no timer at all (and still answers)."""
-    from twisted.web import resource, server
-    from twisted.web.test.requesthelper import DummyRequest
-
-    from proxy.control import QuietSite
-
-    class Hello(resource.Resource):
-        isLeaf = True
-
-        def render_GET(self, request):
-            return b"hello"
-
-    plain, quiet = task.Clock(), task.Clock()
-    server.Site(Hello(), reactor=plain).doStart()
-    assert len(plain.getDelayedCalls()) == 1  # what QuietSite leaves out
-    site = QuietSite(Hello(), reactor=quiet)
-    site.doStart()
-    assert quiet.getDelayedCalls() == []
-    request = DummyRequest([b""])
-    assert site.getResourceFor(request).render(request) == b"hello"
-    site.log(request)  # no access log: nothing to write, no error
-    site.doStop()
