@@ -255,3 +255,61 @@ def test_switch_keeps_existing_connection_on_old_backend(proxy, echo_pair):
         old.sendall(b"still here")
         old.shutdown(socket.SHUT_WR)
         assert recv_all(old) == b"still here"  # echoed by A
+
+
+def _dial_through(backend_sock: socket.socket):
+    """A ClientSide dialling `backend_sock`'s address on a memory reactor, as the daemon would
+    for an accepted client; answers (reactor, connection, client's other end)."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from proxy.address import Address
+    from proxy.backend import Backend
+    from proxy.forward import ClientSide
+
+    reactor = MemoryReactorClock()
+    host, port = backend_sock.getsockname()[:2]
+    conn = ClientSide(Backend(Address(host, port)), reactor)
+    ours, theirs = socket.socketpair()
+    conn.makeConnection(ours)
+    return reactor, conn, theirs
+
+
+def test_a_backend_connect_done_inside_connect_is_not_waited_for():
+    """To a backend on this host the handshake completes within connect(): the backend
+    socket is read at once, with no write event to wait for and no connect timer."""
+    backend = socket.create_server(("127.0.0.1", 0))
+    reactor, conn, client = _dial_through(backend)
+    try:
+        assert conn.server in reactor.readers and conn.server not in reactor.writers
+        assert conn.client in reactor.readers and not conn.dials.pending
+        assert conn.server.peer is conn.client and not conn.server.connecting
+    finally:
+        conn.abort()
+        client.close()
+        backend.close()
+
+
+def test_a_backend_connect_still_in_progress_is_waited_for():
+    """A handshake not done when connect() returns (here a backend whose accept queue is
+    full, so its SYNs go unanswered) is waited for: a write event, the connect timer."""
+    backend = socket.socket()
+    backend.bind(("127.0.0.1", 0))
+    backend.listen(0)
+    address = backend.getsockname()
+    fillers = []
+    try:
+        for _ in range(8):  # fill the accept queue: later SYNs are dropped
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(address)
+            fillers.append(s)
+        reactor, conn, client = _dial_through(backend)
+        assert conn.server in reactor.writers and conn.server not in reactor.readers
+        assert conn.server.connecting and conn in conn.dials.pending
+        assert conn.client not in reactor.readers  # its bytes wait for the backend
+        conn.abort()
+        client.close()
+    finally:
+        for s in fillers:
+            s.close()
+        backend.close()
