@@ -70,8 +70,9 @@ def test_secrets_across_the_fleet(fleet, test_images, docker_client):
     assert halted is not None and (
         f"DB_PASSWORD: valueFrom file {secret}: cannot read it (No such file or directory)"
         in halted.error), halted
-    statuses = {h: fleet.status(h).status for h in ("h1", "h2")}
-    assert sorted(statuses.values()) == ["failed", "halted"], statuses
+    # The other host reports `halted` once it has seen the halt, which can be after `wait`.
+    statuses = lambda: sorted(fleet.status(h).status for h in ("h1", "h2"))  # noqa: E731
+    wait_for(lambda: statuses() == ["failed", "halted"], 15, "one host failed, one halted")
     assert {app_env(h)["DB_PASSWORD"] for h in ("h1", "h2")} == {rotated}
     # Back in place, unchanged: the next update resumes and finds nothing to replace.
     before = containers(docker_client, fleet.project, "h1") + \
