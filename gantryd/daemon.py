@@ -78,7 +78,7 @@ class Daemon:
         self.repair = repair  # restarts the local proxy when it stopped answering
         self.proxy_pid = proxy_pid  # the local proxy's pid, None when it does not answer
         self._problem: str | None = None
-        self._watch: E.Watch | None = None
+        self._watch: E.Watches | None = None
         self._docker_events: Any = None
         # Set by a turn that made, moved or removed routes: the traffic thread then looks at
         # them once (not on every turn: that is an etcd read per wake-up of every host).
@@ -93,8 +93,10 @@ class Daemon:
         self.secrets = SecretCheck(lifecycle)  # valueFrom values rotated on this host
         # Our live ports under the advertised address, for load balancers (gantryd/endpoints.py).
         self.endpoints = Publisher(store, machine, advertise, lifecycle)
-        # Rollout notifications (gantryd/notify.py): threads and a lease of their own.
+        # Rollout notifications (gantryd/notify.py): threads of their own, on our lease, and
+        # delivered by one host of the fleet at a time (elected).
         self.notifier = Notifier(store, machine, lease_ttl)
+        self.notifier.elect(lambda: self.lease)
 
     # -- wiring ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -102,6 +104,19 @@ class Daemon:
         self.wake.set()
         self.traffic.poke()
         self.health.poke()
+
+    def _watched(self) -> list[E.Range]:
+        """The keys `_on_watch` reacts to, and the notifier's: not the whole project, whose
+        keys a rollout writes most (every host's status, events, endpoints) would reach every
+        host. Neighbouring keys share a range (a stream and a thread each)."""
+        k, ranges = self.store.keys, list(self.notifier.ranges)
+        for c in self.components:
+            slots = k.span(c, "freeze", "lock/")  # freeze, history/ (a put per revision), lock/
+            gone = k.span(c, "machines/", "waiters/")  # ... notify/, pulls/, traffic, waiters/
+            ranges += [E.Range(k.desired(c)), E.Range(k.traffic(c)),
+                       E.Range(slots[0], end=slots[1]),
+                       E.Range(gone[0], end=gone[1], puts=False)]
+        return ranges
 
     def _on_watch_shared(self, batch: E.WatchBatch) -> None:
         self.notifier.feed(batch)
@@ -179,9 +194,8 @@ class Daemon:
             raise
         except Exception as exc:  # etcd away: the loop claims it once etcd answers
             self._trouble(exc)
-        # One watch of the project per host: the notifier takes its events from ours.
-        self._watch = self.store.watch(self._on_watch_shared, on_state=self._on_watch_state)
-        self.notifier.share(self._watch, lambda: self.lease)
+        self._watch = self.store.etcd.watch(self._watched(), self._on_watch_shared,
+                                            self._on_watch_state)
         threading.Thread(target=self._watch_docker, name="docker-events", daemon=True).start()
         threading.Thread(target=self.traffic.run, args=(self.stopping,), name="traffic",
                          daemon=True).start()

@@ -155,6 +155,33 @@ class WatchEvent:
 
 
 @dataclass(frozen=True)
+class Range:
+    """What one watch covers: `key` alone, every key under it (`prefix`), or the keys from
+    `key` up to `end` (excluded); without `puts` or `deletes`, etcd leaves those out (it
+    never sends them)."""
+
+    key: str
+    prefix: bool = False
+    end: str | None = None
+    puts: bool = True
+    deletes: bool = True
+
+    def create_request(self) -> dict:
+        """The watch's create request (the gateway's JSON)."""
+        key = self.key.encode()
+        create: dict = {"key": b64(key), "progress_notify": True}
+        if self.prefix:
+            create["range_end"] = b64(_range_end(key))
+        elif self.end is not None:
+            create["range_end"] = b64(self.end)
+        filters = [name for name, wanted in (("NOPUT", self.puts), ("NODELETE", self.deletes))
+                   if not wanted]
+        if filters:
+            create["filters"] = filters
+        return create
+
+
+@dataclass(frozen=True)
 class WatchBatch:
     """What a watch callback receives.
 
@@ -455,7 +482,13 @@ class Etcd:
                      start_revision: int | None = None,
                      on_state: Callable[[bool], None] | None = None) -> "Watch":
         """Call `callback` with every change under `prefix` after `start_revision`."""
-        return Watch(self, prefix, callback, start_revision, on_state)
+        return Watch(self, Range(prefix, prefix=True), callback, start_revision, on_state)
+
+    def watch(self, ranges: Sequence[Range], callback: Callable[[WatchBatch], None],
+              on_state: Callable[[bool], None] | None = None) -> "Watches":
+        """Call `callback` with every change of `ranges` from now on, from a thread per
+        range."""
+        return Watches(self, ranges, callback, on_state)
 
 
 class Lease:
@@ -515,17 +548,17 @@ _WATCH_HEADERS = {"Grpc-Metadata-hasleader": "true"}
 
 
 class Watch:
-    """A prefix watch in its own thread that reconnects with backoff and resumes.
+    """A watch of one range in its own thread that reconnects with backoff and resumes.
 
     After a reconnect the stream resumes from the revision after the last one seen, so no
     event is lost unless etcd compacted it meanwhile; then the callback gets `resync`.
     `on_state(True/False)` is called when the stream comes up or goes down.
     """
 
-    def __init__(self, etcd: Etcd, prefix: str, callback: Callable[[WatchBatch], None],
+    def __init__(self, etcd: Etcd, watched: Range, callback: Callable[[WatchBatch], None],
                  start_revision: int | None, on_state: Callable[[bool], None] | None):
         self.etcd = etcd
-        self.prefix = prefix.encode()
+        self.range = watched
         self.callback = callback
         self.on_state = on_state or (lambda up: None)
         self.next_revision = start_revision
@@ -534,12 +567,12 @@ class Watch:
         self._stream_lock = threading.Lock()
         self._up = False  # the stream is created and being read
         self.started = threading.Event()  # etcd created the watch: nothing after is missed
-        self._thread = threading.Thread(target=self._run, name=f"watch-{prefix}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"watch-{watched.key}",
+                                        daemon=True)
         self._thread.start()
 
     def _open(self, client: G.Connection) -> G.Stream | None:
-        create = {"key": b64(self.prefix), "range_end": b64(_range_end(self.prefix)),
-                  "progress_notify": True}
+        create = self.range.create_request()
         if self.next_revision:
             create["start_revision"] = str(self.next_revision)
         stream = client.stream("/v3/watch", {"create_request": create}, _WATCH_HEADERS)
@@ -564,13 +597,13 @@ class Watch:
             except G.Unreachable as exc:
                 if self._cancelled.is_set():
                     return
-                log.debug("etcd watch on %s broke: %s", self.prefix.decode(), exc)
+                log.debug("etcd watch on %s broke: %s", self.range.key, exc)
                 self.etcd.failed(client)
             except G.GatewayUnusable as why:
                 self.etcd.use_grpc(client, why)
                 continue
             except EtcdError as exc:  # connecting failed
-                log.debug("etcd watch on %s: %s", self.prefix.decode(), exc)
+                log.debug("etcd watch on %s: %s", self.range.key, exc)
             except Exception:  # a bug in the callback must not kill the watch silently
                 if self._cancelled.is_set():
                     return  # (whatever the cancelled stream raised on its way out)
@@ -596,7 +629,7 @@ class Watch:
             revision = _revision(response)
             if number(response, "compact_revision"):  # (etcd cancels such a watch too)
                 log.warning("etcd watch on %s: history compacted, resyncing",
-                            self.prefix.decode())
+                            self.range.key)
                 self.next_revision = None
                 self.callback(WatchBatch((), revision, resync=True))
                 return
@@ -621,14 +654,14 @@ class Watch:
             elif revision >= (self.next_revision or 0):
                 self.next_revision = revision + 1  # progress notify
         if not self._cancelled.is_set():  # the member ended the stream: it is going away
-            log.debug("etcd watch on %s ended", self.prefix.decode())
+            log.debug("etcd watch on %s ended", self.range.key)
             self.etcd.failed(client)
 
     def _canceled(self, client: G.Connection, token: str | None, reason: str) -> None:
         """etcd ended the watch: an expired token (`invalid auth token`) gets a new one;
         anything else (this member lost its leader, no rights) another member (or the same
         one, connected anew)."""
-        log.debug("etcd watch on %s canceled: %s", self.prefix.decode(), reason)
+        log.debug("etcd watch on %s canceled: %s", self.range.key, reason)
         if self.etcd.credentials.user and any(t in reason for t in _STALE_TOKEN):
             self.etcd.renew_token(client, token)
         else:
@@ -641,3 +674,41 @@ class Watch:
         if stream is not None:
             stream.interrupt()  # the watch thread closes it
         self._thread.join(timeout=5)
+
+
+class Watches:
+    """Watches of several ranges, each on a stream of its own, as one: `on_state(True)` once
+    all are up, `on_state(False)` when one of them goes down.
+
+    One stream each because etcd's JSON gateway creates one watch per stream: a second
+    create request in the same request body is read by the gateway only if it gets to it
+    before its first answer goes out (then Go's HTTP server discards the rest of the body),
+    so under load some watches would silently not exist. Changes of different ranges come
+    in different threads, in no order between them.
+    """
+
+    def __init__(self, etcd: Etcd, ranges: Sequence[Range],
+                 callback: Callable[[WatchBatch], None],
+                 on_state: Callable[[bool], None] | None = None):
+        self.on_state = on_state or (lambda up: None)
+        self._lock = threading.Lock()
+        self._count = len(ranges)
+        self._up: set[int] = set()
+        self._all_up = False
+        self.started = threading.Event()  # every range's watch was created
+        self.watches = [Watch(etcd, r, callback, None, lambda up, i=i: self._state(i, up))
+                        for i, r in enumerate(ranges)]
+
+    def _state(self, index: int, up: bool) -> None:
+        with self._lock:
+            (self._up.add if up else self._up.discard)(index)
+            now = len(self._up) == self._count
+            changed, self._all_up = now != self._all_up, now
+        if now:
+            self.started.set()
+        if changed:
+            self.on_state(now)
+
+    def cancel(self) -> None:
+        for watch in self.watches:
+            watch.cancel()

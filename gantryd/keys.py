@@ -18,6 +18,7 @@
 <prefix>/projects/<p>/components/<c>/notify/<revision>/<name> a notification claimed (JSON)
 <prefix>/projects/<p>/components/<c>/notify/<revision>/<name>/owner  its deliverer, on its lease
 <prefix>/projects/<p>/notify/cursor                           etcd revision notifiers had seen
+<prefix>/projects/<p>/notify/leader                           the host that notifies, on its lease
 ```
 Revisions in keys are zero-padded so that key order is numeric order.
 """
@@ -118,6 +119,13 @@ class Keys:
     def lock(self, c: str, slot: int, pool: str = "lock") -> str:
         return f"{self.slots(c, pool)}{slot}"
 
+    def span(self, c: str, first: str, last: str) -> tuple[str, str]:
+        """The key range of component `c` from its key `first` through every key under
+        `last` (a prefix such as `lock/`), with all the keys between in key order: (start,
+        end excluded), to watch as one range."""
+        under = self.component(c)
+        return under + first, under + last[:-1] + chr(ord(last[-1]) + 1)
+
     def history(self, c: str) -> str:
         return self.component(c) + "history/"
 
@@ -167,6 +175,11 @@ class Keys:
     @property
     def notify_cursor(self) -> str:
         return self.root + "notify/cursor"
+
+    @property
+    def notify_leader(self) -> str:
+        """The one host that watches for events and claims them (gantryd/notify.py)."""
+        return self.root + "notify/leader"
 
     def parse(self, key: str) -> KeyRef:
         """Classify a key of this project (for watch filtering)."""

@@ -1,16 +1,20 @@
 """Fleet notifications, the claiming and delivering half (what they say: notify_events.py).
 
-Every `gantryd run` runs a Notifier in threads of its own (never in the way of a rollout). It
-watches the project; a record that is an event (notify_events.derive) makes it try to claim
+Every `gantryd run` runs a Notifier in threads of its own (never in the way of a rollout), and
+one of them at a time notifies: the host holding `notify/leader` (on its daemon's lease:
+`elect`), which watches the project; the others wait for that key to go (their daemon's
+watch covers it) and take it over then, so that not every host decodes every host's status.
+For the leader, a record that is an event (notify_events.derive) makes it try to claim
 the event: one transaction creates `components/<c>/notify/<r>/<name>` (only if absent) with
 the payload and one pending state per target, and `.../<name>/owner` on the notifier's
-lease (in `gantryd run`, the daemon's own: `share`). Exactly one host wins; it delivers,
+lease. Exactly one host wins (the claim, not the election, makes it so); it delivers,
 retrying each target with backoff (one thread per target, in order, so a dead receiver holds
 up no other), and records each target's outcome
 (`sent`, `failed`, `dropped`: no longer in the config). When the owner dies, its lease
-expires, the owner key goes, and the hosts that see that (watch) take the record over with
-a transaction of their own and deliver the same bytes under the same delivery id: a receiver
-sees an event twice only when a sender died between its request and recording `sent`.
+expires, its owner keys go and so does `notify/leader`: another host takes the lead, catches
+up from the cursor (below), and takes the records left pending over with a transaction of
+its own and delivers the same bytes under the same delivery id: a receiver sees an event
+twice only when a sender died between its request and recording `sent`.
 
 A notifier that starts picks up what happened while none ran: `notify/cursor` holds the etcd
 revision up to which events were claimed; records written since are derived again (a claim
@@ -87,15 +91,17 @@ class Notifier:
         self.backoff = backoff or N.Backoff.from_env()
         self._stop = threading.Event()
         self._batches: queue.Queue[E.WatchBatch | None] = queue.Queue()
-        self._watch: E.Watch | None = None
-        # A watch of the whole project shared with the daemon (`share`), fed by `feed`:
-        # one stream per host instead of two, each event decoded once.
-        self._shared: E.Watch | None = None
-        self._listening = False  # batches of the shared watch are queued from now on
+        self._watch: E.Watch | None = None  # of the whole project, while we notify
+        # Elected (`elect`): we notify only while we hold the leader key (of the term that
+        # began at etcd revision `_term`); `_vacant`: the key went (fed by the daemon's watch).
+        self._elected = False
+        self._leading = False
+        self._term = 0
+        self._vacant = threading.Event()
         self._begun = False
         self._since = 0  # events up to this revision were taken from the catch-up read
         self._lease: E.Lease | None = None
-        # The daemon's lease, lent (`share`): one keep-alive per host instead of two.
+        # The daemon's lease, lent (`elect`): one keep-alive per host instead of two.
         self._lent: Callable[[], E.Lease | None] | None = None
         self._lock = threading.Lock()
         self._queues: dict[str, queue.Queue[str]] = {}  # target id -> record keys
@@ -111,18 +117,26 @@ class Notifier:
         self._thread: threading.Thread | None = None
 
     # -- life ------------------------------------------------------------------------------
-    def share(self, watch: E.Watch, lease: Callable[[], E.Lease | None] | None = None) -> None:
-        """Take our events from `watch` (a watch of the whole project whose callback calls
-        `feed`) instead of opening a watch of our own, and with `lease`, put our owner keys on
-        the lease it answers (the daemon's, which the daemon keeps alive and renews) instead
-        of keeping one of our own. Call before `start`."""
-        self._shared = watch
+    def elect(self, lease: Callable[[], E.Lease | None]) -> None:
+        """Notify only while this host holds `notify/leader`, on the lease `lease` answers
+        (the daemon's, which the daemon keeps alive and renews; our owner keys go on it too).
+        The caller's watch of `ranges` calls `feed`. Call before `start`."""
+        self._elected = True
         self._lent = lease
 
+    @property
+    def ranges(self) -> list[E.Range]:
+        """What an elected notifier needs watched for it: the leader key going."""
+        return [E.Range(self.keys.notify_leader, puts=False)]
+
     def feed(self, batch: E.WatchBatch) -> None:
-        """A batch of the shared watch."""
-        if self._listening:
-            self._batches.put(batch)
+        """A batch of the caller's watch: the leader key gone (after our own term began), or
+        events maybe missed (resync), make us try to take the lead."""
+        leader = self.keys.notify_leader
+        if batch.resync or any(ev.key == leader and ev.kind == "delete"
+                               and ev.mod_revision > self._term for ev in batch.events):
+            self._vacant.set()
+            self._batches.put(E.WatchBatch((), batch.revision))  # wakes the loop
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="notify", daemon=True)
@@ -136,7 +150,8 @@ class Notifier:
             self._thread.join(timeout=5)
         if self._watch is not None:
             self._watch.cancel()
-        if self._lease is not None and self._lent is None:  # a lent one is its owner's to revoke
+        # A lent one is its owner's to revoke (our leader key goes with it).
+        if self._lease is not None and self._lent is None:
             self._lease.revoke()
 
     def _run(self) -> None:
@@ -144,18 +159,23 @@ class Notifier:
         next_rescan = 0.0
         while not self._stop.is_set():
             try:
-                if self._ensure_lease() or not self._begun:
-                    self._begin()
-                    next_rescan = time.monotonic() + RESCAN_INTERVAL
-                if batch is None:
-                    batch = self._next_batch(next_rescan)
-                if batch is not None:
-                    self._handle(batch)
-                    batch = None
-                if time.monotonic() >= next_rescan:
-                    self._adopt_orphans()
-                    next_rescan = time.monotonic() + RESCAN_INTERVAL
-                self._write_cursor()
+                taken = self._ensure_lease()
+                if self._elected and not self._lead(taken):
+                    batch = None  # (a wake-up, or left over from our last term)
+                    self._next_batch(time.monotonic() + RESCAN_INTERVAL)  # the lead freed?
+                else:
+                    if taken or not self._begun:
+                        self._begin()
+                        next_rescan = time.monotonic() + RESCAN_INTERVAL
+                    if batch is None:
+                        batch = self._next_batch(next_rescan)
+                    if batch is not None:
+                        self._handle(batch)
+                        batch = None
+                    if time.monotonic() >= next_rescan:
+                        self._adopt_orphans()
+                        next_rescan = time.monotonic() + RESCAN_INTERVAL
+                    self._write_cursor()
                 if self._problem is not None:
                     log.info("notifications: back to normal (was: %s)", self._problem)
                     self._problem = None
@@ -192,14 +212,45 @@ class Notifier:
         self._lease = self.store.etcd.lease(self.lease_ttl)
         return True
 
+    # -- the election ----------------------------------------------------------------------
+    def _lead(self, new_lease: bool) -> bool:
+        """Do we notify? Takes the leader key when it is free (a get, and a transaction only
+        then: standing by costs one read per RESCAN_INTERVAL)."""
+        if new_lease or self._vacant.is_set():
+            self._step_down()  # our key went (with our old lease), or someone else's did
+        if self._leading:
+            return True
+        self._vacant.clear()
+        assert self._lease is not None
+        key, lease = self.keys.notify_leader, self._lease.id
+        kv = self.store.etcd.get(key)
+        if kv is None:
+            result = self.store.etcd.txn(
+                [E.absent(key)], [E.Put(key, _dump({"machine": self.machine}), lease)])
+            if not result.succeeded:
+                return False  # another host was quicker
+            self._term = result.revision
+        elif kv.lease == lease:  # ours (a retried request went through)
+            self._term = kv.create_revision
+        else:
+            return False
+        self._leading = True
+        log.info("notifications: this host delivers them now")
+        return True
+
+    def _step_down(self) -> None:
+        """No longer the leader: stop watching the project (what we own we still deliver)."""
+        if self._leading:
+            log.info("notifications: this host no longer delivers new ones")
+        self._leading = self._begun = False
+        # The next leader derives again from the cursor as it is (claims are not made twice).
+        self._cursor_due = None
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
     def _begin(self) -> None:
         if not self._begun:
-            if self._shared is not None:
-                # Created before the read below: every event after it comes through the
-                # shared watch (those up to the read are dropped as seen).
-                if not self._shared.started.wait(5.0):
-                    raise E.EtcdError("the project's etcd watch is not up yet")
-                self._listening = True
             cursor = self._read_cursor()
             if cursor is None:  # the first notifier ever: news since targets were configured
                 config = self.store.etcd.get(self.keys.config)
@@ -211,8 +262,7 @@ class Notifier:
                 kvs, revision = self.store.etcd.get_prefix(self.keys.root)
                 self._catch_up(kvs, cursor)
             self._seen = self._since = revision
-            if self._shared is None:
-                self._watch = self.store.watch(self._batches.put, start_revision=revision + 1)
+            self._watch = self.store.watch(self._batches.put, start_revision=revision + 1)
             self._begun = True
         self._adopt_orphans()
 

@@ -84,3 +84,51 @@ def test_cancelling_watches_while_they_wait_logs_nothing(transport, etcd, no_gat
     finally:
         client.close()
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")], caplog.text
+
+
+@pytest.mark.parametrize("transport", ["gateway", "grpc"])
+def test_watching_several_ranges_brings_their_changes_alone_and_resumes_each(
+        transport, etcd, no_gateway, project):
+    """A key, a prefix, a span of keys, deletions only and puts only: nothing else comes
+    through; one stream breaking resumes where it was (nothing lost or repeated) while the
+    group says it was down and up again."""
+    endpoints = etcd.endpoints if transport == "gateway" else no_gateway.endpoints
+    client, writer = E.Etcd(endpoints), E.Etcd(endpoints)  # (a break closes the channel)
+    base = f"/t/{project}/"
+    seen: list[E.WatchBatch] = []
+    states: list[bool] = []
+    watch = client.watch([E.Range(base + "k"), E.Range(base + "p/", prefix=True),
+                          E.Range(base + "s1", end=base + "s3"),
+                          E.Range(base + "d/", prefix=True, puts=False),
+                          E.Range(base + "u/", prefix=True, deletes=False)],
+                         seen.append, states.append)
+
+    def events() -> list[tuple[str, str]]:
+        return sorted((e.kind, e.key.removeprefix(base)) for b in seen for e in b.events)
+    try:
+        wait_for(watch.started.is_set, 10, "the watches")
+        assert states == [True]
+        for key in ("k", "k2", "p/1", "s1", "s2/x", "s3", "d/1", "u/1", "other"):
+            writer.put(base + key, b"1")
+        for key in ("d/1", "u/1", "s3"):
+            writer.delete(base + key)
+        wait_for(lambda: len(events()) == 6, 10, f"the events: {events()}")
+        assert events() == [("delete", "d/1"), ("put", "k"), ("put", "p/1"), ("put", "s1"),
+                            ("put", "s2/x"), ("put", "u/1")]
+
+        broken = watch.watches[1]
+        stream = broken._stream
+        stream.interrupt()  # that stream breaks: its watch reconnects by itself
+        for key in ("p/2", "k", "p/3"):
+            writer.put(base + key, b"2")
+        wait_for(lambda: len(events()) == 9 and broken._stream not in (None, stream), 10,
+                 f"the events after the break: {events()}")
+        writer.put(base + "p/4", b"3")  # on the new stream
+        wait_for(lambda: len(events()) == 10, 10, f"the last event: {events()}")
+        assert [e for e in events() if e[1].startswith("p/")] == [
+            ("put", "p/1"), ("put", "p/2"), ("put", "p/3"), ("put", "p/4")]
+        assert states == [True, False, True]
+    finally:
+        watch.cancel()
+        client.close()
+        writer.close()

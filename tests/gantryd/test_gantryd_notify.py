@@ -18,7 +18,7 @@ from fleet_helpers import component, wait_for
 from gantry.config import ConfigError, parse_config
 from gantryd import deploy, revisions
 from gantryd import notify_events as N
-from gantryd.etcd import Etcd
+from gantryd.etcd import Etcd, Watches
 from gantryd.keys import Keys
 from gantryd.notify import Notifier, post
 from gantryd.store import Desired, Event, Halt, MachineStatus, Store, _dump
@@ -204,17 +204,26 @@ def test_post_classifies_answers(receiver):
 
 # -- notifiers on the real etcd ------------------------------------------------------------------
 
+_FEEDS: dict[Notifier, Watches] = {}  # an elected notifier's watch of its keys
+
+
+def _elect(n: Notifier, lease) -> None:
+    """As `gantryd run` runs it: on the daemon's lease (`lease()`), fed by its watch."""
+    n.elect(lease)
+    _FEEDS[n] = n.store.etcd.watch(n.ranges, n.feed)
+
+
 def _notifiers(etcd, project: str, names: list[str],
-               shared: bool = False) -> tuple[list[Notifier], list[Etcd]]:
-    """Started notifiers; `shared`: each fed by a project watch of its own client and on a
-    lease kept by the test, as `gantryd run` shares its daemon's watch and lease."""
+               elected: bool = False) -> tuple[list[Notifier], list[Etcd]]:
+    """Started notifiers; `elected`: each on a lease kept by the test and fed by a watch of
+    its keys, as in `gantryd run` (one of them notifies)."""
     clients = [Etcd(etcd.endpoints) for _ in names]
     notifiers = [Notifier(Store(c, project), name, lease_ttl=2, backoff=FAST)
                  for c, name in zip(clients, names, strict=True)]
     for n in notifiers:
-        if shared:
+        if elected:
             lease = n.store.etcd.lease(2)
-            n.share(n.store.watch(n.feed), lambda lease=lease: lease)
+            _elect(n, lambda lease=lease: lease)
         n.start()
     return notifiers, clients
 
@@ -222,8 +231,8 @@ def _notifiers(etcd, project: str, names: list[str],
 def _close(notifiers: list[Notifier], clients: list[Etcd]) -> None:
     for n in notifiers:
         n.close()
-        if n._shared is not None:
-            n._shared.cancel()
+        if n in _FEEDS:
+            _FEEDS.pop(n).cancel()
         if n._lent is not None:
             lent = n._lent()
             assert lent is not None and lent.alive  # the lender's to revoke, not ours
@@ -240,7 +249,7 @@ def test_a_lent_lease_renewed_by_its_lender_is_taken_up(etcd, project, receiver,
     client = Etcd(etcd.endpoints)
     n = Notifier(Store(client, project), "h1", lease_ttl=2, backoff=FAST)
     leases = [client.lease(2)]
-    n.share(n.store.watch(n.feed), lambda: leases[-1])
+    _elect(n, lambda: leases[-1])
     n.start()
     try:
         wait_for(lambda: n._begun and n._lease is leases[0], 10, "the notifier on lease 1")
@@ -251,7 +260,7 @@ def test_a_lent_lease_renewed_by_its_lender_is_taken_up(etcd, project, receiver,
         assert n._lease is leases[1]
     finally:
         n.close()
-        n._shared.cancel()
+        _FEEDS.pop(n).cancel()
     assert leases[1].alive
     leases[1].revoke()
     client.close()
@@ -262,13 +271,14 @@ def _record(store: Store, revision: int, name: str) -> dict | None:
     return json.loads(kv.value) if kv else None
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["own-watch", "shared-watch"])
-def test_many_notifiers_deliver_each_event_once(etcd, project, receiver, store, shared):
+@pytest.mark.parametrize("elected", [False, True], ids=["all", "elected"])
+def test_many_notifiers_deliver_each_event_once(etcd, project, receiver, store, elected):
     store.set_config(parse_config({"components": [BASE], "notifications":
                                    notifications(receiver, events=["started"])}))
-    notifiers, clients = _notifiers(etcd, project, ["h1", "h2", "h3"], shared)
+    notifiers, clients = _notifiers(etcd, project, ["h1", "h2", "h3"], elected)
     try:
-        wait_for(lambda: all(n._begun for n in notifiers), 10, "the watches")
+        wait_for(lambda: [n._begun for n in notifiers].count(True) == (1 if elected else 3),
+                 10, "the watches")
         store.change_desired(["web"], lambda c, cur: version(1))
         store.etcd.put(store.keys.done_entry("web", 1), b'{"revision":1,"at":"x","seconds":2}')
         wait_for(lambda: len(receiver.ids("/slack")) == 2 and receiver.ids("/json"), 15,
@@ -287,6 +297,70 @@ def test_many_notifiers_deliver_each_event_once(etcd, project, receiver, store, 
     finally:
         _close(notifiers, clients)
     assert sum(receiver.ids("/slack").values()) == 2
+
+
+def _leader(notifiers: list[Notifier]) -> Notifier | None:
+    """The one notifier that watches the project (None while none does, or while one hands
+    over to another: the claims, not the election, keep deliveries single)."""
+    begun = [n for n in notifiers if n._begun]
+    return begun[0] if len(begun) == 1 else None
+
+
+def test_the_elected_notifier_killed_another_takes_over_and_delivers(
+        etcd, project, receiver, store):
+    """Only the leader claims. Killed (as -9: its threads stop, its lease is neither kept
+    alive nor revoked), another host takes the lead once the lease expires, delivers what
+    the dead one had claimed and notifies what happened meanwhile."""
+    receiver.stop()
+    store.set_config(parse_config({"components": [BASE], "notifications":
+                                   notifications(receiver, events=["started"])}))
+    notifiers, clients = _notifiers(etcd, project, ["h1", "h2", "h3"], elected=True)
+    try:
+        leader = wait_for(lambda: _leader(notifiers), 10, "a leader")
+        store.change_desired(["web"], lambda c, cur: version(1))
+        assert wait_for(lambda: _record(store, 1, "started"), 10, "the claim")[
+            "claimedBy"] == leader.machine
+        leader.close()
+        _FEEDS.pop(leader).cancel()
+        leader._lent().abandon()
+        notifiers.remove(leader)
+        store.change_desired(["web"], lambda c, cur: version(2))  # while nobody notifies
+        successor = wait_for(lambda: _leader(notifiers), 15, "a successor")
+        receiver.start()
+        wait_for(lambda: receiver.ids() == {f"{project}.web.r1.started": 1,
+                                            f"{project}.web.r2.started": 1}, 20,
+                 f"both delivered: {receiver.ids()}")
+        first = wait_for(lambda: (r := _record(store, 1, "started")) and all(
+            t["state"] == "sent" for t in r["targets"].values()) and r, 10, "r1 sent")
+        assert first["claimedBy"] == leader.machine
+        assert {t["by"] for t in first["targets"].values()} == {successor.machine}
+        assert _record(store, 2, "started")["claimedBy"] == successor.machine
+        assert json.loads(store.etcd.get(store.keys.notify_leader).value) == {
+            "machine": successor.machine}
+        assert _leader(notifiers) is successor
+    finally:
+        _close(notifiers, clients)
+    assert sum(receiver.ids("/slack").values()) == 2
+
+
+def test_a_leader_key_deleted_by_hand_is_taken_again_by_one(etcd, project, receiver, store):
+    """The key goes while its holder lives: the holder stops watching, and one notifier
+    (whichever is first) takes the lead again; events still go once."""
+    store.set_config(parse_config({"components": [BASE], "notifications":
+                                   notifications(receiver, events=["started"])}))
+    notifiers, clients = _notifiers(etcd, project, ["h1", "h2"], elected=True)
+    try:
+        first = wait_for(lambda: _leader(notifiers), 10, "a leader")
+        term = first._term
+        store.etcd.delete(store.keys.notify_leader)
+        wait_for(lambda: (n := _leader(notifiers)) and n._term > term, 10, "a new term")
+        holder = json.loads(store.etcd.get(store.keys.notify_leader).value)["machine"]
+        assert holder == _leader(notifiers).machine
+        store.change_desired(["web"], lambda c, cur: version(1))
+        wait_for(lambda: receiver.ids() == {f"{project}.web.r1.started": 1}, 15, "delivered")
+        assert _record(store, 1, "started")["claimedBy"] == holder
+    finally:
+        _close(notifiers, clients)
 
 
 def test_refused_delivery_is_not_retried_and_a_late_notifier_catches_up(
