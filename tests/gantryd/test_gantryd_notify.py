@@ -363,6 +363,37 @@ def test_a_leader_key_deleted_by_hand_is_taken_again_by_one(etcd, project, recei
         _close(notifiers, clients)
 
 
+def test_a_standby_that_missed_the_leader_key_going_takes_the_lead_at_its_recheck(
+        etcd, project, receiver, store, monkeypatch):
+    """A standby whose watch never reports the leader key's deletion (a lost event) still
+    takes the lead: it reads the key again every RESCAN_INTERVAL."""
+    import gantryd.notify as notify_module
+
+    monkeypatch.setattr(notify_module, "RESCAN_INTERVAL", 1.0)
+    store.set_config(parse_config({"components": [BASE], "notifications":
+                                   notifications(receiver, events=["started"])}))
+    (leader,), clients = _notifiers(etcd, project, ["h1"], elected=True)
+    notifiers = [leader]
+    try:
+        wait_for(lambda: _leader(notifiers), 10, "h1 leads")
+        client = Etcd(etcd.endpoints)
+        clients.append(client)
+        standby = Notifier(Store(client, project), "h2", lease_ttl=2, backoff=FAST)
+        lease = client.lease(2)
+        standby.elect(lambda: lease)  # and no watch feeding it: it hears of nothing
+        standby.start()
+        notifiers.append(standby)
+        leader.close()
+        _FEEDS.pop(leader).cancel()
+        leader._lent().abandon()  # as kill -9: the lease expires, the key goes
+        notifiers.remove(leader)
+        wait_for(lambda: _leader(notifiers) is standby, 15, "h2 takes the lead unfed")
+        store.change_desired(["web"], lambda c, cur: version(1))
+        wait_for(lambda: receiver.ids() == {f"{project}.web.r1.started": 1}, 15, "delivered")
+    finally:
+        _close(notifiers, clients)
+
+
 def test_refused_delivery_is_not_retried_and_a_late_notifier_catches_up(
         etcd, project, receiver, store):
     store.set_config(parse_config({"components": [BASE],
