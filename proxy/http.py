@@ -40,6 +40,9 @@ class Request:
     @property
     def segments(self) -> list[bytes]:
         path = self.target.split("?", 1)[0]
+        scheme, sep, rest = path.partition("://")
+        if sep and "/" not in scheme:  # absolute-form (RFC 9112 3.2.2): drop the authority
+            path = "/" + rest.partition("/")[2]
         return [unquote_to_bytes(p) for p in path[1:].split("/")]
 
 

@@ -74,6 +74,8 @@ def test_pipelined_requests_are_answered_in_order_one_at_a_time():
         {"method": "PUT", "segments": ["routes", "a/b"], "body": "{}\n"},
         {"method": "GET", "segments": ["routes"], "body": ""}]
     assert all("connection" not in headers for _, headers, _ in answers)
+    assert Request("GET", "http://x/routes/a%20b?y", "HTTP/1.1", {}).segments == \
+        [b"routes", b"a b"]  # absolute-form
     assert transport.connected  # kept alive
 
 
