@@ -101,17 +101,13 @@ class HTTPChannel(protocol.Protocol):
         request, close = parsed
         self.current = request
         self.closing = close
-        try:
-            d = defer.maybeDeferred(self.handler, request)
-        except Exception as e:  # noqa: BLE001 - maybeDeferred catches; belt and braces
-            d = defer.fail(e)
+        d = defer.maybeDeferred(self.handler, request)
         d.addErrback(self._internal_error, request)
         d.addCallback(self._answer, request)
 
     def _parse(self) -> tuple[Request, bool] | None:
         """The next request and whether to close after it; None while it is incomplete."""
-        while self.buffer.startswith(b"\r\n") or self.buffer.startswith(b"\n"):
-            self.buffer = self.buffer.lstrip(b"\r\n")  # tolerated between requests (RFC 9112)
+        self.buffer = self.buffer.lstrip(b"\r\n")  # tolerated between requests (RFC 9112)
         end = self.buffer.find(b"\r\n\r\n")
         sep = 4
         if end < 0:

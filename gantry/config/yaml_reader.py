@@ -29,7 +29,6 @@ class _StrictYamlLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-
 def parse_yaml(text: str, source: str) -> Any:
     """The document in `text`; ConfigError (naming `source` and the line) if it is not YAML."""
     try:
